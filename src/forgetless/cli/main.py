@@ -1,0 +1,211 @@
+"""The ``forgetless`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from forgetless.errors import ConfigError, ForgetlessError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    help="Measure and prevent catastrophic forgetting.",
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["ewc.ewc_lambda=100", "er.batch=32"]`` -> ``{"ewc": {"ewc_lambda": 100}, ...}``."""
+    import yaml
+
+    params: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        strategy, dot, field = key.strip().partition(".")
+        if not sep or not dot or not strategy or not field:
+            raise ConfigError(f"--set {item!r} must look like STRATEGY.PARAM=VALUE, e.g. ewc.ewc_lambda=100")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        params.setdefault(strategy, {})[field] = parsed
+    return params
+
+
+def _split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command()
+def run(
+    benchmark: Optional[str] = typer.Option(None, help="benchmark name (see `forgetless list`)"),
+    scenario: Optional[str] = typer.Option(None, help="task | domain | class"),
+    strategies: Optional[str] = typer.Option(
+        None, help="comma-separated runs to compare; a+b composes methods in one run"
+    ),
+    seeds: Optional[int] = typer.Option(None, help="number of seeds (mean ± std)"),
+    seed: Optional[int] = typer.Option(None, help="first seed"),
+    tasks: Optional[int] = typer.Option(None, help="number of tasks"),
+    epochs: Optional[int] = typer.Option(None, help="epochs per task"),
+    batch_size: Optional[int] = typer.Option(None, help="training batch size"),
+    lr: Optional[float] = typer.Option(None, help="learning rate"),
+    optimizer: Optional[str] = typer.Option(None, help="adam | sgd"),
+    model: Optional[str] = typer.Option(None, help="mlp | cnn"),
+    hidden: Optional[str] = typer.Option(None, help="hidden widths, e.g. 400,400"),
+    buffer_size: Optional[int] = typer.Option(None, help="replay budget in samples"),
+    validation: Optional[float] = typer.Option(
+        None, help="hold out this fraction of training data and evaluate on it (tuning)"
+    ),
+    layerwise_lr_decay: Optional[float] = typer.Option(None, help="lr factor per depth level"),
+    warmup_steps: Optional[int] = typer.Option(None, help="linear warmup steps per task"),
+    lr_schedule: Optional[str] = typer.Option(None, help="constant | cosine"),
+    unfreeze_every: Optional[int] = typer.Option(None, help="gradual unfreezing period (steps)"),
+    stop_if_drop: Optional[float] = typer.Option(None, help="stop a task when earlier tasks drop by this"),
+    eval_every: Optional[int] = typer.Option(None, help="steps between safety-brake evaluations"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="checkpoint every N steps"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    data_dir: Optional[Path] = typer.Option(None, help="folder holding the data set files"),
+    no_download: bool = typer.Option(False, "--no-download", help="never download data"),
+    set_: list[str] = typer.Option([], "--set", help="strategy parameter, e.g. ewc.ewc_lambda=100"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with the same fields"),
+    out: Optional[Path] = typer.Option(None, help="results folder (default: runs/<name>-<time>)"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing results folder"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Train strategies on a continual-learning benchmark and report forgetting."""
+    from forgetless.config import load_config_file, make_config
+
+    values: dict[str, Any] = load_config_file(config) if config else {}
+    flags = {
+        "benchmark": benchmark, "scenario": scenario, "strategies": _split_list(strategies),
+        "seeds": seeds, "seed": seed, "tasks": tasks, "epochs": epochs, "batch_size": batch_size,
+        "lr": lr, "optimizer": optimizer, "model": model,
+        "hidden": [int(h) for h in _split_list(hidden)] if hidden else None,
+        "buffer_size": buffer_size, "validation": validation,
+        "layerwise_lr_decay": layerwise_lr_decay, "warmup_steps": warmup_steps,
+        "lr_schedule": lr_schedule, "unfreeze_every": unfreeze_every,
+        "stop_if_drop": stop_if_drop, "eval_every": eval_every,
+        "checkpoint_every": checkpoint_every, "device": device, "threads": threads,
+        "data_dir": data_dir, "out": out,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if no_download:
+        values["download"] = False
+    if set_:
+        merged = dict(values.get("params") or {})
+        for name, extra in parse_assignments(set_).items():
+            merged[name] = {**merged.get(name, {}), **extra}
+        values["params"] = merged
+    cfg = make_config(**values)
+    _run(cfg, force=force, quiet=quiet)
+
+
+def _run(cfg, force: bool, quiet: bool) -> None:
+    from forgetless.io import prepare_run_dir
+    from forgetless.reports.results import save_experiment
+    from forgetless.reports.table import summary_table
+    from forgetless.training.experiment import default_out_dir, resolve, run_experiment
+
+    cfg = resolve(cfg)
+    out = cfg.out or default_out_dir(cfg)
+    cfg = cfg.model_copy(update={"out": out})
+    prepare_run_dir(out, force=force)
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("task {task.fields[task_index]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
+
+    def make_callback(combination: str, seed: int):
+        bar = progress.add_task(f"{combination} (seed {seed})", total=None, task_index=0)
+        state = {"last": -1}
+
+        def callback(task_index: int, step: int, total: int) -> None:
+            if task_index != state["last"]:
+                state["last"] = task_index
+                progress.update(bar, total=total, completed=0, task_index=task_index)
+            progress.update(bar, completed=step)
+
+        return callback
+
+    def save(result) -> None:
+        save_experiment(result, out, plots_too=False)
+
+    with progress:
+        result = run_experiment(cfg, progress=make_callback, on_run_done=save)
+    save_experiment(result, out)
+    console.print(summary_table(result))
+    console.print(f"results in [bold]{out}[/] (metrics.json, accuracy_matrix.csv, *.png)")
+
+
+@app.command("list")
+def list_names() -> None:
+    """Benchmarks, scenarios and strategies, with one line each."""
+    from forgetless.data.benchmarks import BENCHMARKS
+    from forgetless.data.scenarios import SCENARIOS
+    from forgetless.strategies import discover
+
+    for title, rows in (
+        ("benchmarks", [(b.name, f"{b.description} [default: {b.scenario}-IL]") for b in BENCHMARKS.values()]),
+        ("scenarios", list(SCENARIOS.items())),
+        ("strategies", [(s.name, s.summary) for s in sorted(discover().values(), key=lambda s: s.name)]),
+    ):
+        table = Table(title=title, show_header=False, title_justify="left")
+        table.add_column(style="bold cyan")
+        table.add_column()
+        for name, text in rows:
+            table.add_row(name, text)
+        console.print(table)
+
+
+def main() -> None:
+    """Entry point: one clear line and a non-zero exit code for every user error."""
+    try:
+        app(standalone_mode=False)
+    except ForgetlessError as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        errors.print("[bold red]interrupted[/]: results of finished runs are in the results folder")
+        sys.exit(130)
+    except Exception as error:  # click usage errors and anything unexpected
+        import click
+
+        if isinstance(error, click.exceptions.Exit):
+            sys.exit(error.exit_code)
+        if isinstance(error, click.ClickException):
+            errors.print(f"[bold red]error:[/] {error.format_message()} (see --help)", highlight=False)
+            sys.exit(error.exit_code)
+        if isinstance(error, click.exceptions.Abort):
+            sys.exit(1)
+        if os.environ.get("FORGETLESS_DEBUG"):
+            raise
+        errors.print(
+            f"[bold red]internal error:[/] {type(error).__name__}: {error} "
+            "(set FORGETLESS_DEBUG=1 for the traceback and report it)",
+            highlight=False,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

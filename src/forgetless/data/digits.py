@@ -1,0 +1,37 @@
+"""The 8x8 handwritten digits bundled with scikit-learn (UCI "Optical Recognition of
+Handwritten Digits", test part): 1797 images, pixel values 0..16. No download needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from forgetless.data.dataset import ImageDataset
+from forgetless.errors import DataError
+
+TEST_FRACTION = 0.25
+SPLIT_SEED = 0
+
+
+def load_digits_dataset() -> ImageDataset:
+    """``uint8 [N, 1, 8, 8]`` digits, ``max_value`` 16, split 75/25 stratified with seed 0."""
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as error:
+        raise DataError("the digits data set needs scikit-learn: pip install scikit-learn") from error
+    bunch = load_digits()
+    images = np.asarray(bunch.images)
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    if images.min() < 0 or images.max() > 16 or not np.array_equal(images, np.round(images)):
+        raise DataError("scikit-learn's digits are not integers in 0..16: is scikit-learn broken?")
+    x = torch.from_numpy(images.astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(labels)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=labels
+    )
+    train_idx, test_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(test_idx))
+    return ImageDataset(
+        "digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], num_classes=10,
+        max_value=16.0, class_names=tuple(str(d) for d in range(10)),
+    )

@@ -1,0 +1,203 @@
+"""Find data set files on disk, or download them once into the user cache.
+
+Lookup order (the first folder holding every needed file wins):
+
+1. ``data_dir`` and ``data_dir/<name>`` (``--data-dir`` on the command line);
+2. ``$FORGETLESS_DATA`` and ``$FORGETLESS_DATA/<name>``;
+3. the user cache, ``${XDG_CACHE_HOME:-~/.cache}/forgetless/<name>``;
+4. ``/usr/share/datasets/<name>`` (Debian's ``dataset-*`` packages).
+
+Downloads go to the user cache: each file is written to a temporary file next to its final
+place, checked against its published SHA-256 and only then renamed into place, so a file that
+exists under its real name there is complete. The SHA-256 sums are those recorded by
+TensorFlow Datasets (``tensorflow_datasets/url_checksums/{mnist,fashion_mnist,cifar10,
+cifar100}.txt``) for the very files served by the URLs below; they agree with the MD5 sums
+torchvision publishes for the same files. Files found locally are not hashed (Debian, for one,
+recompresses Fashion-MNIST, so its bytes differ): the parsers check their structure instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from forgetless.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: Where Debian's ``dataset-*`` packages install their files; a module constant for tests.
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")
+
+#: Debian packages that provide a data set, named in the "not found" message.
+DEBIAN_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
+
+_MNIST = {
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+_FASHION = {
+    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+
+#: name -> (base URLs tried in order, {file name: SHA-256}).
+REMOTE_FILES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "mnist": (
+        (
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",  # the original home, often refuses downloads
+        ),
+        _MNIST,
+    ),
+    "fashion-mnist": (
+        (
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+        ),
+        _FASHION,
+    ),
+    "cifar10": (
+        ("https://www.cs.toronto.edu/~kriz/",),
+        {
+            "cifar-10-binary.tar.gz": (
+                "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
+            ),
+        },
+    ),
+    "cifar100": (
+        ("https://www.cs.toronto.edu/~kriz/",),
+        {
+            "cifar-100-binary.tar.gz": (
+                "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec"
+            ),
+        },
+    ),
+}
+
+
+def cache_dir(name: str) -> Path:
+    """The user-cache folder of one data set: ``${XDG_CACHE_HOME:-~/.cache}/forgetless/<name>``."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "forgetless" / name
+
+
+def candidate_folders(name: str, data_dir: Path | str | None = None) -> list[Path]:
+    """The folders searched for ``name``'s files, in order, without duplicates."""
+    folders: list[Path] = []
+    for root in (data_dir, os.environ.get("FORGETLESS_DATA") or None):
+        if root is not None:
+            folders += [Path(root), Path(root) / name]
+    folders += [cache_dir(name), SYSTEM_DATA_DIR / name]
+    unique: list[Path] = []
+    for folder in folders:
+        if folder not in unique:
+            unique.append(folder)
+    return unique
+
+
+def find_dataset_files(
+    name: str,
+    filenames: Sequence[str],
+    data_dir: Path | str | None = None,
+    download: bool = True,
+    *,
+    alternatives: Sequence[Sequence[str]] = (),
+) -> Path:
+    """Return the first folder holding all of ``filenames`` (or all of one ``alternatives`` set).
+
+    ``filenames`` is the set that can be downloaded; ``alternatives`` are other acceptable
+    forms (uncompressed or extracted files, relative paths allowed). When no folder has them
+    and ``download`` is true, ``filenames`` are downloaded into the user cache.
+    Raises :class:`DataError` (one line) when the files can be neither found nor downloaded.
+    """
+    sets = [list(filenames), *(list(a) for a in alternatives)]
+    folders = candidate_folders(name, data_dir)
+    for folder in folders:
+        if any(all((folder / f).is_file() for f in files) for files in sets):
+            return folder
+
+    if name not in REMOTE_FILES or not set(filenames) <= set(REMOTE_FILES[name][1]):
+        reason = ""
+    elif not download:
+        reason = "; downloading is turned off"
+    else:
+        try:
+            return download_dataset(name, filenames)
+        except (DataError, OSError) as error:
+            reason = "; download failed: " + " ".join(str(error).split())
+    debian = DEBIAN_PACKAGES.get(name)
+    hint = f"; on Debian: apt-get install {debian}" if debian else ""
+    alt = " (or their uncompressed/extracted form)" if alternatives else ""
+    raise DataError(
+        f"{name} data set not found: put {', '.join(filenames)}{alt} in one of: "
+        f"{', '.join(str(f) for f in folders)}, or pass --data-dir / set FORGETLESS_DATA"
+        f"{hint}{reason}"
+    )
+
+
+def download_url(url: str, dest: Path, timeout: float = 60.0) -> None:
+    """Write the body of ``url`` to ``dest`` (raises ``OSError``/``URLError`` on failure)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "forgetless"})
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
+        shutil.copyfileobj(response, out, length=1 << 20)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_dataset(name: str, filenames: Sequence[str] | None = None) -> Path:
+    """Download ``name``'s files (all by default) into its cache folder; return that folder.
+
+    Files already there are kept. Each file is tried from every mirror in turn; a file whose
+    SHA-256 differs from the published one is deleted and counts as a failed attempt.
+    """
+    mirrors, sums = REMOTE_FILES[name]
+    folder = cache_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for filename in filenames if filenames is not None else list(sums):
+        target = folder / filename
+        if target.is_file():
+            continue
+        errors = []
+        for base in mirrors:
+            try:
+                _fetch_verified(base + filename, target, sums[filename])
+                break
+            except (OSError, DataError) as error:  # URLError and timeouts are OSErrors
+                errors.append(f"{base + filename}: {error}")
+        else:
+            raise DataError("; ".join(errors))
+    return folder
+
+
+def _fetch_verified(url: str, target: Path, sha256: str) -> None:
+    """Download ``url`` to a temporary file beside ``target``, verify it, rename it atomically."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        log.info("downloading %s to %s", url, target)
+        download_url(url, tmp)
+        actual = sha256_of(tmp)
+        if actual != sha256:
+            raise DataError(f"SHA-256 mismatch (got {actual[:16]}..., expected {sha256[:16]}...)")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

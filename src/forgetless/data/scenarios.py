@@ -1,0 +1,308 @@
+"""Continual-learning scenarios and the builders that cut a data set into tasks.
+
+Three scenarios (van de Ven & Tolias 2019), each an explicit object, not a test-time trick:
+
+* ``task``: task-incremental. Each task has its own output head; the task id is given at
+  training *and* test time; labels are local to the task (``0..k-1``).
+* ``domain``: domain-incremental. One head with the same label space for every task; no task
+  id is needed (labels local to the task, shared across tasks).
+* ``class``: class-incremental. One shared head over every class of the stream, no task id;
+  labels are global, numbered in the order the classes arrive.
+
+Builders: :func:`split` (disjoint classes per task), :func:`permuted` (one seeded pixel
+permutation per task) and :func:`rotated` (one fixed angle per task). Every task keeps its
+inputs as compact tensors (``uint8`` for images) already in their final pixel order, so the
+training loop only slices and scales them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from forgetless.data.dataset import ImageDataset
+from forgetless.errors import ConfigError
+
+ScenarioKind = Literal["task", "domain", "class"]
+SCENARIOS: dict[str, str] = {
+    "task": "task-incremental: task id given, one head per task",
+    "domain": "domain-incremental: no task id, one head, same labels every task",
+    "class": "class-incremental: no task id, one shared head over all classes seen",
+}
+
+
+@dataclass
+class Task:
+    """One task of a stream: compact inputs, labels in the scenario's output space."""
+
+    index: int
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[int, ...]
+    """Classes of the *original* data set present in this task."""
+    description: str = ""
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_y.shape[0])
+
+
+@dataclass
+class Scenario:
+    """A stream of tasks and what the model's head must look like to learn it."""
+
+    kind: ScenarioKind
+    name: str
+    tasks: list[Task]
+    input_shape: tuple[int, ...]
+    max_value: float
+    head_sizes: list[int]
+    """One output count per task (task-IL) or a single entry (domain-/class-IL)."""
+    active_outputs: list[int] = field(default_factory=list)
+    """Class-IL: number of live outputs after each task arrives (cumulative class count)."""
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def uses_task_id(self) -> bool:
+        return self.kind == "task"
+
+    def to_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale compact inputs to floats in ``[0, 1]`` (done batch by batch in the hot loop)."""
+        return x.to(torch.float32).div_(self.max_value)
+
+    def to(self, device: torch.device | str) -> Scenario:
+        """Move every task's tensors to ``device`` (compact dtype kept)."""
+        for task in self.tasks:
+            for name in ("train_x", "train_y", "test_x", "test_y"):
+                setattr(task, name, getattr(task, name).to(device))
+        return self
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in SCENARIOS:
+        from forgetless.errors import unknown_name
+
+        raise unknown_name("scenario", kind, list(SCENARIOS))
+
+
+def class_order(num_classes: int, seed: int | None) -> list[int]:
+    """The order in which classes arrive: ``0..n-1``, or a seeded permutation of it."""
+    if seed is None:
+        return list(range(num_classes))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_classes, generator=generator).tolist()
+
+
+def split(
+    data: ImageDataset,
+    n_tasks: int,
+    kind: ScenarioKind = "class",
+    order: list[int] | None = None,
+    classes_per_task: int | None = None,
+) -> Scenario:
+    """Split the classes of ``data`` into ``n_tasks`` disjoint groups, in ``order``.
+
+    With ``classes_per_task`` unset the classes are shared out as evenly as possible (earlier
+    tasks get one more when they do not divide). Domain-IL needs equal groups.
+    """
+    _check_kind(kind)
+    n_classes = data.num_classes
+    order = list(range(n_classes)) if order is None else list(order)
+    if sorted(order) != list(range(n_classes)):
+        raise ConfigError(f"class order must be a permutation of 0..{n_classes - 1}, got {order}")
+    if n_tasks < 1 or n_tasks > n_classes:
+        raise ConfigError(
+            f"cannot split {n_classes} classes of {data.name} into {n_tasks} tasks: "
+            f"choose --tasks between 1 and {n_classes}"
+        )
+    if classes_per_task is not None:
+        if classes_per_task * n_tasks > n_classes:
+            raise ConfigError(
+                f"{n_tasks} tasks x {classes_per_task} classes exceeds the {n_classes} classes of "
+                f"{data.name}: lower --tasks or the classes per task"
+            )
+        sizes = [classes_per_task] * n_tasks
+    else:
+        base, extra = divmod(n_classes, n_tasks)
+        sizes = [base + (1 if i < extra else 0) for i in range(n_tasks)]
+    if kind == "domain" and len(set(sizes)) > 1:
+        raise ConfigError(
+            f"domain-incremental split needs the same number of classes in every task; "
+            f"{n_classes} classes do not divide into {n_tasks} tasks: choose a divisor of {n_classes}"
+        )
+    # global label = position of the class in the arrival order
+    position = torch.empty(n_classes, dtype=torch.int64)
+    position[torch.tensor(order)] = torch.arange(n_classes)
+    tasks: list[Task] = []
+    start = 0
+    for index, size in enumerate(sizes):
+        classes = order[start : start + size]
+        offset = 0 if kind in ("task", "domain") else start
+        train_x, train_y, test_x, test_y = _select(data, classes, position, start, offset)
+        tasks.append(
+            Task(index, train_x, train_y, test_x, test_y, tuple(classes), f"classes {classes}")
+        )
+        start += size
+    used = start
+    head_sizes = sizes if kind == "task" else [max(sizes)] if kind == "domain" else [used]
+    active = list(torch.tensor(sizes).cumsum(0).tolist()) if kind == "class" else []
+    return Scenario(
+        kind=kind,
+        name=f"split-{data.name}",
+        tasks=tasks,
+        input_shape=data.input_shape,
+        max_value=data.max_value,
+        head_sizes=head_sizes,
+        active_outputs=active,
+    )
+
+
+def _select(
+    data: ImageDataset, classes: list[int], position: torch.Tensor, start: int, offset: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of ``classes`` with labels ``position[y] - start + offset``."""
+    wanted = torch.tensor(classes)
+    out = []
+    for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
+        rows = torch.isin(y, wanted)
+        out += [x[rows].contiguous(), position[y[rows]] - start + offset]
+    return out[0], out[1], out[2], out[3]
+
+
+def _relabelled_stream(
+    data: ImageDataset,
+    kind: ScenarioKind,
+    inputs: list[tuple[torch.Tensor, torch.Tensor]],
+    name: str,
+    descriptions: list[str],
+) -> Scenario:
+    """A stream where every task holds all classes of ``data`` (permuted, rotated)."""
+    _check_kind(kind)
+    k = data.num_classes
+    tasks = []
+    for index, ((train_x, test_x), text) in enumerate(zip(inputs, descriptions, strict=True)):
+        offset = index * k if kind == "class" else 0
+        tasks.append(
+            Task(
+                index=index,
+                train_x=train_x,
+                train_y=data.train_y + offset,
+                test_x=test_x,
+                test_y=data.test_y + offset,
+                classes=tuple(range(k)),
+                description=text,
+            )
+        )
+    n = len(tasks)
+    head_sizes = [k] * n if kind == "task" else [k * n] if kind == "class" else [k]
+    active = [k * (i + 1) for i in range(n)] if kind == "class" else []
+    return Scenario(kind, name, tasks, data.input_shape, data.max_value, head_sizes, active)
+
+
+def pixel_permutations(n_pixels: int, n_tasks: int, seed: int) -> list[torch.Tensor]:
+    """One fixed permutation per task; task 0 keeps the identity (the original data set).
+
+    Drawn from a dedicated generator seeded with ``seed``, so every process and worker that
+    builds the stream with the same seed gets the same permutations.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    perms = [torch.arange(n_pixels)]
+    perms += [torch.randperm(n_pixels, generator=generator) for _ in range(n_tasks - 1)]
+    return perms
+
+
+def permuted(data: ImageDataset, n_tasks: int, kind: ScenarioKind = "domain", seed: int = 0):
+    """Permuted-pixel stream (Goodfellow et al. 2013; Kirkpatrick et al. 2017)."""
+    if n_tasks < 1:
+        raise ConfigError(f"--tasks must be at least 1, got {n_tasks}")
+    shape = data.input_shape
+    perms = pixel_permutations(math.prod(shape), n_tasks, seed)
+
+    def apply(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, perm].reshape(x.shape).contiguous()
+
+    inputs = [(apply(data.train_x, p), apply(data.test_x, p)) for p in perms]
+    texts = ["identity" if i == 0 else f"pixel permutation {i}" for i in range(n_tasks)]
+    return _relabelled_stream(data, kind, inputs, f"permuted-{data.name}", texts)
+
+
+def rotation_angles(n_tasks: int, max_angle: float = 180.0) -> list[float]:
+    """Evenly spaced fixed angles ``0, d, 2d, ...`` with ``d = max_angle / n_tasks``."""
+    return [i * max_angle / n_tasks for i in range(n_tasks)]
+
+
+def rotate_images(x: torch.Tensor, angle_degrees: float) -> torch.Tensor:
+    """Rotate ``[N, C, H, W]`` images about their centre (bilinear), keeping dtype and range."""
+    if angle_degrees == 0:
+        return x.clone()
+    theta = math.radians(angle_degrees)
+    cos, sin = math.cos(theta), math.sin(theta)
+    matrix = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=torch.float32)
+    out = torch.empty_like(x)
+    for start in range(0, x.shape[0], 8192):  # bounded memory for 60k images
+        chunk = x[start : start + 8192].to(torch.float32)
+        grid = F.affine_grid(matrix.expand(chunk.shape[0], 2, 3), list(chunk.shape), False)
+        rotated = F.grid_sample(chunk, grid, mode="bilinear", align_corners=False)
+        out[start : start + 8192] = rotated.round().to(x.dtype) if not x.is_floating_point() else rotated
+    return out
+
+
+def rotated(
+    data: ImageDataset,
+    n_tasks: int,
+    kind: ScenarioKind = "domain",
+    angles: list[float] | None = None,
+):
+    """Rotated stream: task ``i`` shows every image rotated by a fixed angle."""
+    if n_tasks < 1:
+        raise ConfigError(f"--tasks must be at least 1, got {n_tasks}")
+    angles = rotation_angles(n_tasks) if angles is None else list(angles)
+    if len(angles) != n_tasks:
+        raise ConfigError(f"give one rotation angle per task: {n_tasks} tasks, {len(angles)} angles")
+    inputs = [(rotate_images(data.train_x, a), rotate_images(data.test_x, a)) for a in angles]
+    texts = [f"rotated {a:g} degrees" for a in angles]
+    return _relabelled_stream(data, kind, inputs, f"rotated-{data.name}", texts)
+
+
+def validation_split(scenario: Scenario, fraction: float, seed: int) -> Scenario:
+    """Hold out ``fraction`` of each task's *training* data as its evaluation set.
+
+    Used to choose hyperparameters without looking at test data; the test sets are dropped.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"validation fraction must be in (0, 1), got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    tasks = []
+    for task in scenario.tasks:
+        perm = torch.randperm(task.num_train, generator=generator)
+        n_val = max(1, int(round(fraction * task.num_train)))
+        val, train = perm[:n_val], perm[n_val:]
+        tasks.append(
+            Task(
+                index=task.index,
+                train_x=task.train_x[train],
+                train_y=task.train_y[train],
+                test_x=task.train_x[val],
+                test_y=task.train_y[val],
+                classes=task.classes,
+                description=task.description,
+            )
+        )
+    return Scenario(
+        scenario.kind,
+        scenario.name,
+        tasks,
+        scenario.input_shape,
+        scenario.max_value,
+        scenario.head_sizes,
+        scenario.active_outputs,
+    )

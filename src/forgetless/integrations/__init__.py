@@ -1,0 +1,1 @@
+"""Integrations with other stacks (Hugging Face transformers and peft)."""

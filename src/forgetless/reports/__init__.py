@@ -1,0 +1,1 @@
+"""Reports: the run folder (metrics.json, CSV, plots) and the summary table."""

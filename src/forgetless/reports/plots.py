@@ -1,0 +1,87 @@
+"""Plots a person would rather look at than read: heatmaps, curves across the stream, bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path, tight: bool = True) -> None:
+    if tight:
+        fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def accuracy_heatmaps(matrices: dict[str, np.ndarray], path: Path) -> None:
+    """One annotated heatmap of R per strategy: rows = after training task i, cols = task j."""
+    n = len(matrices)
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    size = matrices[next(iter(matrices))].shape[0]
+    cell = max(0.45, min(0.9, 6.0 / size))
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * (size * cell + 1.6), rows * (size * cell + 1.2)), squeeze=False
+    )
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (name, matrix) in zip(axes.flat, matrices.items()):
+        image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_title(name)
+        ax.set_xlabel("evaluated on task j")
+        ax.set_ylabel("after training task i")
+        ax.set_xticks(range(size))
+        ax.set_yticks(range(size))
+        if size <= 12:
+            for i in range(size):
+                for j in range(size):
+                    value = matrix[i, j]
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                            color="black" if value > 0.6 else "white")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy")
+    _save(fig, path, tight=False)
+
+
+def accuracy_curves(matrices: dict[str, np.ndarray], path: Path) -> None:
+    """Per strategy, each task's accuracy as the stream goes on (one line per task)."""
+    n = len(matrices)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False, sharey=True)
+    for ax, (name, matrix) in zip(axes[0], matrices.items()):
+        size = matrix.shape[0]
+        colors = plt.cm.tab10(np.linspace(0, 1, max(size, 2)))
+        for j in range(size):
+            steps = np.arange(j, size)
+            ax.plot(steps + 1, matrix[j:, j], marker="o", ms=3, color=colors[j], label=f"task {j}")
+        ax.plot(np.arange(1, size + 1), [matrix[i, : i + 1].mean() for i in range(size)],
+                color="black", lw=2, ls="--", label="mean of seen")
+        ax.set_title(name)
+        ax.set_xlabel("tasks trained")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    _save(fig, path)
+
+
+def strategy_bars(summary: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    """ACC, BWT and forgetting per strategy (mean with std error bars over seeds)."""
+    names = list(summary)
+    metrics = [("acc", "average accuracy"), ("bwt", "backward transfer"), ("forgetting", "forgetting")]
+    fig, axes = plt.subplots(1, 3, figsize=(max(9, 1.2 * len(names) * 3), 3.4))
+    x = np.arange(len(names))
+    for ax, (key, label) in zip(axes, metrics):
+        means = [summary[n][key]["mean"] for n in names]
+        stds = [summary[n][key]["std"] for n in names]
+        ax.bar(x, means, yerr=stds, color=plt.cm.tab10(x % 10), capsize=3)
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(label)
+        ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)

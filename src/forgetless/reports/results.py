@@ -1,0 +1,79 @@
+"""The run folder: resolved config, metrics.json, accuracy_matrix.csv and plots.
+
+Rewritten (atomically) after every finished run, so an experiment that fails or is interrupted
+later keeps everything computed up to then.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forgetless.config import dump_config
+from forgetless.io import atomic_write_json, atomic_write_text
+from forgetless.metrics import forgetting_per_task, summarize
+from forgetless.reports import plots
+from forgetless.training.experiment import ExperimentResult
+
+
+def _run_record(result: ExperimentResult, name: str, index: int) -> dict[str, Any]:
+    run = result.runs[name][index]
+    return {
+        "seed": run.seed,
+        "metrics": summarize(run.matrix, run.baseline, result.joint_reference(index)),
+        "accuracy_matrix": run.matrix.round(6).tolist(),
+        "random_init_accuracy": run.baseline.round(6).tolist(),
+        "forgetting_per_task": forgetting_per_task(run.matrix).round(6).tolist(),
+        "train_seconds_per_task": [round(s, 4) for s in run.train_seconds],
+        "eval_seconds": round(run.eval_seconds, 4),
+        "wall_seconds": round(run.wall_seconds, 4),
+        "steps_per_task": run.steps,
+        "stopped_early": {str(k): v for k, v in run.stopped_early.items()},
+        "report": run.report,
+    }
+
+
+def mean_matrices(result: ExperimentResult) -> dict[str, np.ndarray]:
+    return {name: np.mean([r.matrix for r in runs], axis=0) for name, runs in result.runs.items()}
+
+
+def save_experiment(result: ExperimentResult, out: Path, plots_too: bool = True) -> None:
+    """Write (or rewrite) every file of the run folder ``out`` from ``result``."""
+    out = Path(out)
+    config = result.config
+    atomic_write_text(out / "config.yaml", dump_config(config))
+    complete = [n for n, runs in result.runs.items() if runs and runs[0].matrix.shape[0] == runs[0].matrix.shape[1]]
+    summary = result.summary() if complete else {}
+    metrics = {
+        "benchmark": config.benchmark,
+        "scenario": config.scenario,
+        "tasks": config.tasks,
+        "seeds": [config.seed + i for i in range(config.seeds)],
+        "summary": summary,
+        "fwt_reference": "accuracy of the randomly initialised model on each task (same seed)",
+        "runs": {
+            name: [_run_record(result, name, i) for i in range(len(runs))]
+            for name, runs in result.runs.items()
+        },
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    size = config.tasks or 0
+    writer.writerow(["strategy", "seed", "after_task", *[f"task_{j}" for j in range(size)]])
+    for name, runs in result.runs.items():
+        for run in runs:
+            for i, row in enumerate(run.matrix):
+                writer.writerow([name, run.seed, i, *[f"{v:.6f}" for v in row]])
+    atomic_write_text(out / "accuracy_matrix.csv", buffer.getvalue())
+
+    if plots_too and summary:
+        matrices = mean_matrices(result)
+        plots.accuracy_heatmaps(matrices, out / "accuracy_matrix.png")
+        plots.accuracy_curves(matrices, out / "accuracy_curves.png")
+        plots.strategy_bars(summary, out / "strategies.png")

@@ -1,0 +1,39 @@
+"""The rich summary table printed at the end of a run."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from forgetless.training.experiment import ExperimentResult
+
+
+def summary_table(result: ExperimentResult) -> Table:
+    """ACC, BWT, FWT, forgetting (and intransigence with a joint run), wall time per strategy."""
+    summary = result.summary()
+    config = result.config
+    seeds = config.seeds
+    table = Table(
+        title=f"{config.benchmark} · {config.scenario}-incremental · {config.tasks} tasks · "
+        f"{seeds} seed{'s' if seeds > 1 else ''}"
+    )
+    table.add_column("strategy", style="bold")
+    columns = [("acc", "ACC ↑"), ("bwt", "BWT ↑"), ("fwt", "FWT ↑"), ("forgetting", "Forgetting ↓")]
+    if "joint" in summary:
+        columns.append(("intransigence", "Intransigence ↓"))
+    for _, label in columns:
+        table.add_column(label, justify="right")
+    table.add_column("wall s", justify="right")
+    for name, metrics in summary.items():
+        cells = []
+        for key, _ in columns:
+            value = metrics.get(key)
+            if value is None:
+                cells.append("–")
+            elif seeds > 1:
+                cells.append(f"{value['mean']:.3f} ± {value['std']:.3f}")
+            else:
+                cells.append(f"{value['mean']:.3f}")
+        wall = metrics["wall_seconds"]
+        cells.append(f"{wall['mean']:.1f}")
+        table.add_row(name, *cells)
+    return table

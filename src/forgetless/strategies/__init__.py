@@ -1,0 +1,78 @@
+"""Mitigation strategies, one file per method; each registers itself by its CLI name.
+
+``make_strategies("ewc+er", params)`` builds the strategies of one run; ``a+b`` composes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+from forgetless.errors import ConfigError, unknown_name
+from forgetless.strategies.base import Batch, Strategy, TrainingContext, TrainingSet
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+_SHARED_OPTIONS = ("buffer_size",)
+"""Run-level options passed to every strategy whose Params declares them."""
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a non-empty `name`")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def discover() -> dict[str, type[Strategy]]:
+    """Import every module of this package once, so each method registers itself."""
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_") and info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+    return STRATEGIES
+
+
+def make_strategies(
+    combination: str,
+    params: dict[str, dict[str, Any]] | None = None,
+    shared: dict[str, Any] | None = None,
+    scenario: str | None = None,
+) -> list[Strategy]:
+    """Build the strategies of one run from ``"a+b"``, validating names and parameters."""
+    discover()
+    params = params or {}
+    shared = shared or {}
+    names = [n.strip() for n in combination.split("+")]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"strategy {combination!r} names a method twice: list each once")
+    out: list[Strategy] = []
+    for name in names:
+        if name not in STRATEGIES:
+            raise unknown_name("strategy", name, list(STRATEGIES))
+        cls = STRATEGIES[name]
+        if scenario is not None and scenario not in cls.scenarios:
+            raise ConfigError(
+                f"strategy {name!r} supports the {', '.join(cls.scenarios)} scenario(s), not "
+                f"{scenario!r}: choose --scenario {cls.scenarios[0]}"
+            )
+        values = {k: v for k, v in shared.items() if k in cls.Params.model_fields}
+        values.update(params.get(name, {}))
+        out.append(cls(**values))
+    unknown = set(params) - set(STRATEGIES)
+    if unknown:
+        bad = sorted(unknown)[0]
+        raise unknown_name("strategy in params", bad, list(STRATEGIES))
+    return out
+
+
+__all__ = [
+    "STRATEGIES",
+    "Batch",
+    "Strategy",
+    "TrainingContext",
+    "TrainingSet",
+    "discover",
+    "make_strategies",
+    "register",
+]

@@ -1,0 +1,202 @@
+"""The strategy protocol: small objects with typed hooks that *return* what they contribute.
+
+A :class:`Strategy` never edits the trainer. The :class:`~forgetless.training.Learner` calls its
+hooks and combines what they return, so several strategies compose in one run (``ewc+er``):
+
+==========================  ==================================================================
+hook                        returns / role
+==========================  ==================================================================
+``setup``                   a replacement model (architecture methods) or ``None``
+``before_task``             prepare for task ``ctx.task_index`` (own state only)
+``training_set``            the data to train this task on (``joint`` returns every task's)
+``replay_batch``            extra samples appended to the current batch (experience replay)
+``loss``                    an extra loss term for this batch (penalties, distillation)
+``project_gradient``        an edited flat gradient (GEM, A-GEM) or ``None`` to keep it
+``before_step``             look at gradients / parameters before the optimizer step (SI)
+``after_step``              ``True`` asks the learner to stop this task (safety brake)
+``after_task``              consolidate (Fisher, importance, buffer update, pruning)
+``predict``                 evaluation-time logits, or ``None`` for the model's own forward
+``report``                  extra figures for ``metrics.json`` (parameter counts, bytes)
+``state_dict``              everything needed to resume exactly (tensors and plain values)
+==========================  ==================================================================
+
+Hooks a strategy does not override cost nothing: the learner only calls overridden ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from forgetless.errors import ConfigError
+
+if TYPE_CHECKING:
+    from forgetless.config import RunConfig
+    from forgetless.data.scenarios import Scenario, Task
+
+
+@dataclass
+class Batch:
+    """A training batch. ``x`` is model-ready (float); ``raw`` is the compact stored form."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    task_ids: torch.Tensor | int | None
+    raw: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def task_id_tensor(self) -> torch.Tensor | None:
+        """Per-row task ids as a tensor (``None`` where the scenario has no task ids)."""
+        if self.task_ids is None or isinstance(self.task_ids, torch.Tensor):
+            return self.task_ids
+        return torch.full_like(self.y, self.task_ids)
+
+    def concat(self, other: Batch) -> Batch:
+        """This batch followed by ``other`` (task ids become a tensor when they differ)."""
+        if isinstance(self.task_ids, int) and self.task_ids == other.task_ids:
+            task_ids: torch.Tensor | int | None = self.task_ids
+        elif self.task_ids is None and other.task_ids is None:
+            task_ids = None
+        else:
+            task_ids = torch.cat([self.task_id_tensor(), other.task_id_tensor()])
+        raw = None
+        if self.raw is not None and other.raw is not None:
+            raw = torch.cat([self.raw, other.raw])
+        return Batch(torch.cat([self.x, other.x]), torch.cat([self.y, other.y]), task_ids, raw)
+
+
+@dataclass
+class TrainingSet:
+    """The compact tensors a task trains on (``task_ids`` an int when they are all one task)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    task_ids: torch.Tensor | int | None
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class TrainingContext:
+    """What the learner shows its strategies. Read it; do not assign to it."""
+
+    model: nn.Module
+    scenario: Scenario
+    config: RunConfig
+    device: torch.device
+    generator: torch.Generator
+    """The run's seeded generator on the CPU: use it (or your own seeded one) for any sampling."""
+    task_index: int = 0
+    epoch: int = 0
+    step: int = 0
+    """Optimizer steps taken in the current task."""
+    global_step: int = 0
+    current_size: int = 0
+    """Rows of the current batch that come from the current task (replay rows follow them)."""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> Task:
+        return self.scenario.tasks[self.task_index]
+
+    def task_id(self, task_index: int) -> int | None:
+        """The task id the model receives for ``task_index`` (``None`` without task ids)."""
+        return task_index if self.scenario.uses_task_id else None
+
+    def prepare(self, raw: torch.Tensor) -> torch.Tensor:
+        """Compact stored inputs to model-ready floats."""
+        return self.scenario.to_float(raw)
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+
+class NoParams(BaseModel):
+    """A strategy without hyperparameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Strategy:
+    """Base class of every mitigation method. Override only the hooks the method needs.
+
+    Subclasses set ``name`` (the CLI name), ``summary`` (one line for ``forgetless list``),
+    ``scenarios`` (those the method supports) and ``Params`` (a pydantic model of its
+    hyperparameters with documented defaults).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    scenarios: ClassVar[tuple[str, ...]] = ("task", "domain", "class")
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, **params: Any):
+        try:
+            self.params = self.Params(**params)
+        except ValidationError as error:
+            parts = [
+                f"{self.name}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            ]
+            raise ConfigError("invalid strategy parameter: " + "; ".join(parts)) from None
+
+    # -- hooks ---------------------------------------------------------------------------
+    def setup(self, ctx: TrainingContext) -> nn.Module | None:
+        return None
+
+    def before_task(self, ctx: TrainingContext) -> None:
+        return None
+
+    def training_set(self, ctx: TrainingContext, data: TrainingSet) -> TrainingSet:
+        return data
+
+    def replay_batch(self, ctx: TrainingContext, batch: Batch) -> Batch | None:
+        return None
+
+    def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def project_gradient(
+        self, ctx: TrainingContext, batch: Batch, gradient: torch.Tensor
+    ) -> torch.Tensor | None:
+        return None
+
+    def before_step(self, ctx: TrainingContext) -> None:
+        return None
+
+    def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
+        return False
+
+    def after_task(self, ctx: TrainingContext) -> None:
+        return None
+
+    def predict(
+        self, ctx: TrainingContext, x: torch.Tensor, task_index: int
+    ) -> torch.Tensor | None:
+        return None
+
+    def report(self) -> dict[str, Any]:
+        return {}
+
+    # -- checkpointing -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and JSON-serialisable values; nested dicts allowed (tensors go to safetensors)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    # -- helpers -------------------------------------------------------------------------
+    @classmethod
+    def overrides(cls, hook: str) -> bool:
+        """Whether this class overrides ``hook`` (the learner skips hooks left as defaults)."""
+        return getattr(cls, hook) is not getattr(Strategy, hook)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
