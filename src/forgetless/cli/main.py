@@ -177,6 +177,23 @@ def list_names() -> None:
         console.print(table)
 
 
+def _register_subcommands() -> None:
+    """Let each module ``forgetless.cli.<name>`` with a ``register(app)`` add its commands."""
+    import importlib
+    import pkgutil
+
+    import forgetless.cli as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name != "main" and not info.name.startswith("_"):
+            module = importlib.import_module(f"forgetless.cli.{info.name}")
+            if hasattr(module, "register"):
+                module.register(app)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     """Entry point: one clear line and a non-zero exit code for every user error."""
     try:

@@ -20,6 +20,7 @@ from forgetless.metrics import summarize
 from forgetless.models import build_model
 from forgetless.strategies import make_strategies
 from forgetless.training.learner import Learner, Progress, RunResult
+from forgetless.training.schedules import schedule_strategies
 
 
 def resolve(config: RunConfig) -> RunConfig:
@@ -60,6 +61,7 @@ def build_learner(config: RunConfig, scenario: Scenario, combination: str, seed:
         shared={"buffer_size": config.buffer_size},
         scenario=scenario.kind,
     )
+    strategies += schedule_strategies(config)
     torch.manual_seed(seed)
     model = build_model(
         config.model or "mlp",

@@ -1,0 +1,24 @@
+"""Shared test setup: one CPU thread (deterministic, no oversubscription), seeded RNGs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+HAS_FMNIST = (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists() or bool(
+    os.environ.get("FORGETLESS_DATA")
+)
+requires_fmnist = pytest.mark.skipif(
+    not HAS_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
