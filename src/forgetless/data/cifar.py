@@ -76,13 +76,17 @@ def parse_records(
     """Split CIFAR binary records into ``uint8 [N, 3, 32, 32]`` images and ``int64`` labels."""
     size = label_bytes + PIXELS
     if not blob or len(blob) % size:
-        raise DataError(f"{source} holds {len(blob)} bytes, not a whole number of {size}-byte "
-                        "records: it is truncated or corrupt; delete it and download it again")
+        raise DataError(
+            f"{source} holds {len(blob)} bytes, not a whole number of {size}-byte "
+            "records: it is truncated or corrupt; delete it and download it again"
+        )
     records = np.frombuffer(blob, dtype=np.uint8).reshape(-1, size)
     labels = records[:, label_index].astype(np.int64)
     if int(labels.max()) >= num_classes:
-        raise DataError(f"{source} holds label {int(labels.max())}, expected 0..{num_classes - 1}: "
-                        "is it the right CIFAR file?")
+        raise DataError(
+            f"{source} holds label {int(labels.max())}, expected 0..{num_classes - 1}: "
+            "is it the right CIFAR file?"
+        )
     return records[:, label_bytes:].reshape(-1, 3, 32, 32), labels
 
 
@@ -98,12 +102,15 @@ def read_tar_members(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
                     if len(found) == len(wanted):
                         break
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        raise DataError(f"{path} is truncated or corrupt ({error}): "
-                        "delete it and download it again") from error
+        raise DataError(
+            f"{path} is truncated or corrupt ({error}): delete it and download it again"
+        ) from error
     missing = sorted(wanted - set(found))
     if missing:
-        raise DataError(f"{path} lacks {', '.join(missing)}: is it the binary version? "
-                        "delete it and download it again")
+        raise DataError(
+            f"{path} lacks {', '.join(missing)}: is it the binary version? "
+            "delete it and download it again"
+        )
     return found
 
 
@@ -126,23 +133,35 @@ def load_cifar(
     """Load one CIFAR binary distribution, from its extracted files or its tarball."""
     names = list(fmt.train_files + fmt.test_files)
     folder = find_dataset_files(
-        fmt.name, [fmt.tarball], data_dir, download,
+        fmt.name,
+        [fmt.tarball],
+        data_dir,
+        download,
         alternatives=[names, [f"{fmt.subdir}/{n}" for n in names]],
     )
     blobs = _read_blobs(fmt, folder)
     num_classes = len(fmt.class_names)
 
     def part(files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [parse_records(*blobs[f], fmt.label_bytes, fmt.label_index, num_classes)
-                 for f in files]
+        pairs = [
+            parse_records(*blobs[f], fmt.label_bytes, fmt.label_index, num_classes) for f in files
+        ]
         x = np.concatenate([p[0] for p in pairs])
         y = np.concatenate([p[1] for p in pairs])
         return torch.from_numpy(x), torch.from_numpy(y)
 
     train_x, train_y = part(fmt.train_files)
     test_x, test_y = part(fmt.test_files)
-    return ImageDataset(fmt.name, train_x, train_y, test_x, test_y, num_classes=num_classes,
-                        max_value=255.0, class_names=fmt.class_names)
+    return ImageDataset(
+        fmt.name,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes=num_classes,
+        max_value=255.0,
+        class_names=fmt.class_names,
+    )
 
 
 def load_cifar10(data_dir: Path | str | None = None, download: bool = True) -> ImageDataset:

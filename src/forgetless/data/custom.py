@@ -28,8 +28,10 @@ def _images(x: Any, what: str) -> torch.Tensor:
     if t.dim() == 3:
         t = t.unsqueeze(1)
     if t.dim() != 4:
-        raise DataError(f"{what} has shape {list(t.shape)}: expected [N, C, H, W] "
-                        "(or [N, H, W] for one channel)")
+        raise DataError(
+            f"{what} has shape {list(t.shape)}: expected [N, C, H, W] "
+            "(or [N, H, W] for one channel)"
+        )
     if len(t) == 0:
         raise DataError(f"{what} is empty")
     if t.is_floating_point():
@@ -41,8 +43,10 @@ def _images(x: Any, what: str) -> torch.Tensor:
     elif t.dtype != torch.uint8:
         low, high = int(t.min()), int(t.max())
         if low < 0 or high > 255:
-            raise DataError(f"{what} has dtype {t.dtype} with values {low}..{high}: integer "
-                            "images must fit in 0..255 (or pass floats)")
+            raise DataError(
+                f"{what} has dtype {t.dtype} with values {low}..{high}: integer "
+                "images must fit in 0..255 (or pass floats)"
+            )
         t = t.to(torch.uint8)
     return t.contiguous()
 
@@ -55,8 +59,10 @@ def _labels(y: Any, what: str, n: int, images: str) -> torch.Tensor:
     if t.dim() != 1:
         raise DataError(f"{what} has shape {list(t.shape)}: expected one label per image, [N]")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise DataError(f"{what} has dtype {t.dtype}: labels must be integer class indices "
-                        "(convert them with .long())")
+        raise DataError(
+            f"{what} has dtype {t.dtype}: labels must be integer class indices "
+            "(convert them with .long())"
+        )
     if len(t) != n:
         raise DataError(f"{what} holds {len(t)} labels but {images} holds {n} images")
     if n and int(t.min()) < 0:
@@ -84,8 +90,10 @@ def from_tensors(
     if tr_x.dtype != te_x.dtype:
         raise DataError(f"train_x is {tr_x.dtype} but test_x is {te_x.dtype}: use one dtype")
     if tr_x.shape[1:] != te_x.shape[1:]:
-        raise DataError(f"train_x images are {list(tr_x.shape[1:])} but test_x images are "
-                        f"{list(te_x.shape[1:])}: they must match")
+        raise DataError(
+            f"train_x images are {list(tr_x.shape[1:])} but test_x images are "
+            f"{list(te_x.shape[1:])}: they must match"
+        )
     tr_y = _labels(train_y, "train_y", len(tr_x), "train_x")
     te_y = _labels(test_y, "test_y", len(te_x), "test_x")
 
@@ -104,8 +112,16 @@ def from_tensors(
     if names and top >= len(names):
         raise DataError(f"labels go up to {top} but only {len(names)} class names were given")
     num_classes = len(names) if names else top + 1
-    return ImageDataset(name, tr_x, tr_y, te_x, te_y, num_classes=num_classes,
-                        max_value=max_value, class_names=names)
+    return ImageDataset(
+        name,
+        tr_x,
+        tr_y,
+        te_x,
+        te_y,
+        num_classes=num_classes,
+        max_value=max_value,
+        class_names=names,
+    )
 
 
 def _image_of(x: Any) -> torch.Tensor:
@@ -130,14 +146,17 @@ def _materialise(ds: Dataset | Iterable, what: str) -> tuple[torch.Tensor, torch
     ys: list[int] = []
     for i, item in enumerate(items):
         if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise DataError(f"{what}[{i}] is a {type(item).__name__}, expected an (image, label) pair")
+            kind = type(item).__name__
+            raise DataError(f"{what}[{i}] is a {kind}, expected an (image, label) pair")
         x = _image_of(item[0])
         label = torch.as_tensor(item[1])
         if label.numel() != 1 or label.is_floating_point() or label.dtype == torch.bool:
             raise DataError(f"{what}[{i}] has label {item[1]!r}: expected an integer class index")
         if xs and x.shape != xs[0].shape:
-            raise DataError(f"{what}[{i}] is an image of shape {list(x.shape)} but {what}[0] "
-                            f"is {list(xs[0].shape)}: all images must have one shape")
+            raise DataError(
+                f"{what}[{i}] is an image of shape {list(x.shape)} but {what}[0] "
+                f"is {list(xs[0].shape)}: all images must have one shape"
+            )
         xs.append(x)
         ys.append(int(label))
     if not xs:

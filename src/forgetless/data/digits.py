@@ -19,7 +19,8 @@ def load_digits_dataset() -> ImageDataset:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as error:
-        raise DataError("the digits data set needs scikit-learn: pip install scikit-learn") from error
+        message = "the digits data set needs scikit-learn: pip install scikit-learn"
+        raise DataError(message) from error
     bunch = load_digits()
     images = np.asarray(bunch.images)
     labels = np.asarray(bunch.target, dtype=np.int64)
@@ -32,6 +33,12 @@ def load_digits_dataset() -> ImageDataset:
     )
     train_idx, test_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(test_idx))
     return ImageDataset(
-        "digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], num_classes=10,
-        max_value=16.0, class_names=tuple(str(d) for d in range(10)),
+        "digits",
+        x[train_idx],
+        y[train_idx],
+        x[test_idx],
+        y[test_idx],
+        num_classes=10,
+        max_value=16.0,
+        class_names=tuple(str(d) for d in range(10)),
     )

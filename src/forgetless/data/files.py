@@ -23,6 +23,8 @@ import logging
 import os
 import shutil
 import tempfile
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,18 +39,24 @@ SYSTEM_DATA_DIR = Path("/usr/share/datasets")
 #: Debian packages that provide a data set, named in the "not found" message.
 DEBIAN_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
 
-_MNIST = {
-    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-}
-_FASHION = {
-    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-}
+_IDX_NAMES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+_MNIST = dict(zip(_IDX_NAMES, (
+    "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+), strict=True))  # fmt: skip
+_FASHION = dict(zip(_IDX_NAMES, (
+    "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+), strict=True))  # fmt: skip
 
 #: name -> (base URLs tried in order, {file name: SHA-256}).
 REMOTE_FILES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
@@ -138,7 +146,7 @@ def find_dataset_files(
             reason = "; download failed: " + " ".join(str(error).split())
     debian = DEBIAN_PACKAGES.get(name)
     hint = f"; on Debian: apt-get install {debian}" if debian else ""
-    alt = " (or their uncompressed/extracted form)" if alternatives else ""
+    alt = " (or the files uncompressed/extracted)" if alternatives else ""
     raise DataError(
         f"{name} data set not found: put {', '.join(filenames)}{alt} in one of: "
         f"{', '.join(str(f) for f in folders)}, or pass --data-dir / set FORGETLESS_DATA"
@@ -175,15 +183,19 @@ def download_dataset(name: str, filenames: Sequence[str] | None = None) -> Path:
         target = folder / filename
         if target.is_file():
             continue
-        errors = []
+        errors: list[str] = []
         for base in mirrors:
             try:
                 _fetch_verified(base + filename, target, sums[filename])
                 break
             except (OSError, DataError) as error:  # URLError and timeouts are OSErrors
-                errors.append(f"{base + filename}: {error}")
+                # a plain URLError's str() wraps its reason in "<urlopen error ...>"
+                reason = str(error.reason if type(error) is urllib.error.URLError else error)
+                if reason not in errors:
+                    errors.append(reason)
         else:
-            raise DataError("; ".join(errors))
+            hosts = ", ".join(urllib.parse.urlsplit(base).netloc for base in mirrors)
+            raise DataError(f"could not fetch {filename} from {hosts} ({'; '.join(errors)})")
     return folder
 
 

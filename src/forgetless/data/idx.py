@@ -69,21 +69,28 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 def load_idx_pair(
-    images_path: Path, labels_path: Path, image_shape: tuple[int, int] = (28, 28),
+    images_path: Path,
+    labels_path: Path,
+    image_shape: tuple[int, int] = (28, 28),
     num_classes: int = 10,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Read matching image and label IDX files: ``uint8 [N, 1, H, W]`` and ``int64 [N]``."""
     images = read_idx(images_path, 3)
     labels = read_idx(labels_path, 1)
     if images.shape[1:] != image_shape:
-        raise DataError(f"{images_path} holds {images.shape[1]}x{images.shape[2]} images, "
-                        f"expected {image_shape[0]}x{image_shape[1]}")
+        raise DataError(
+            f"{images_path} holds {images.shape[1]}x{images.shape[2]} images, "
+            f"expected {image_shape[0]}x{image_shape[1]}"
+        )
     if len(labels) != len(images):
-        raise DataError(f"{labels_path} holds {len(labels)} labels but {images_path} holds "
-                        f"{len(images)} images: the files do not belong together")
+        raise DataError(
+            f"{labels_path} holds {len(labels)} labels but {images_path} holds "
+            f"{len(images)} images: the files do not belong together"
+        )
     if len(labels) and int(labels.max()) >= num_classes:
-        raise DataError(f"{labels_path} holds label {int(labels.max())}, "
-                        f"expected labels 0..{num_classes - 1}")
+        raise DataError(
+            f"{labels_path} holds label {int(labels.max())}, expected labels 0..{num_classes - 1}"
+        )
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
@@ -99,8 +106,16 @@ def _load(
 
     train_x, train_y = load_idx_pair(pick(IDX_FILES[0]), pick(IDX_FILES[1]))
     test_x, test_y = load_idx_pair(pick(IDX_FILES[2]), pick(IDX_FILES[3]))
-    return ImageDataset(name, train_x, train_y, test_x, test_y, num_classes=10,
-                        max_value=255.0, class_names=class_names)
+    return ImageDataset(
+        name,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes=10,
+        max_value=255.0,
+        class_names=class_names,
+    )
 
 
 def load_mnist(data_dir: Path | str | None = None, download: bool = True) -> ImageDataset:
