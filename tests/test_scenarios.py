@@ -150,3 +150,31 @@ def test_heads_follow_the_scenario(digits) -> None:
     model.head.set_active_outputs(4)
     out = model(class_il.to_float(class_il.tasks[0].train_x[:3]))
     assert (out[:, 4:] == INACTIVE_LOGIT).all() and (out[:, :4] != INACTIVE_LOGIT).all()
+
+
+def test_bring_your_own_tasks_trains_with_the_learner() -> None:
+    from forgetless.config import make_config
+    from forgetless.data.scenarios import from_task_data
+    from forgetless.models import build_model
+    from forgetless.strategies import make_strategies
+    from forgetless.training import Learner
+
+    generator = torch.Generator().manual_seed(0)
+
+    def task(offset: int):
+        x = torch.randn(64, 5, generator=generator)
+        y = (x[:, 0] > 0).long() + offset
+        return x, y, x[:16], y[:16]
+
+    scenario = from_task_data("class", [task(0), task(2)], name="toy")
+    assert scenario.head_sizes == [4] and scenario.active_outputs == [2, 4]
+    assert scenario.max_value == 1.0
+    model = build_model("mlp", scenario.input_shape, scenario.head_sizes, False, [8])
+    config = make_config(strategies=["naive"], epochs=2, batch_size=16)
+    result = Learner(scenario, model, make_strategies("naive"), config).run()
+    assert result.matrix.shape == (2, 2)
+    with pytest.raises(ConfigError, match="must not share labels"):
+        from_task_data("class", [task(0), task(0)])
+    with pytest.raises(ConfigError, match="one integer label per input"):
+        x, y, tx, ty = task(0)
+        from_task_data("task", [(x, y[:3], tx, ty)])

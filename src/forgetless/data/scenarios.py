@@ -306,3 +306,54 @@ def validation_split(scenario: Scenario, fraction: float, seed: int) -> Scenario
         scenario.head_sizes,
         scenario.active_outputs,
     )
+
+
+def from_task_data(
+    kind: ScenarioKind,
+    tasks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    name: str = "custom",
+    max_value: float | None = None,
+) -> Scenario:
+    """A scenario from your own per-task tensors ``[(train_x, train_y, test_x, test_y), ...]``.
+
+    Labels are as you give them: local to each task (``0..k-1``) for ``task`` and ``domain``,
+    global class indices for ``class`` (a task's labels must not reappear in another task).
+    Inputs keep their dtype; ``max_value`` scales them to ``[0, 1]`` (default: 255 for
+    ``uint8``, 1 for floats). To use a ``torch.utils.data.Dataset`` per task, materialise it
+    first with :func:`forgetless.data.custom.from_torch_dataset`.
+    """
+    _check_kind(kind)
+    if not tasks:
+        raise ConfigError("give at least one task: a list of (train_x, train_y, test_x, test_y)")
+    built: list[Task] = []
+    for index, item in enumerate(tasks):
+        if len(item) != 4:
+            raise ConfigError(f"task {index} must be (train_x, train_y, test_x, test_y), got {len(item)} items")
+        train_x, train_y, test_x, test_y = (torch.as_tensor(t) for t in item)
+        for split_name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+            if x.shape[0] != y.shape[0] or y.ndim != 1:
+                raise ConfigError(f"task {index} {split_name}: {x.shape[0]} inputs but labels of shape "
+                                  f"{tuple(y.shape)}: give one integer label per input")
+        if train_x.shape[1:] != built[0].train_x.shape[1:] if built else False:
+            raise ConfigError(f"task {index} inputs have shape {tuple(train_x.shape[1:])}, task 0 has "
+                              f"{tuple(built[0].train_x.shape[1:])}: every task needs the same input shape")
+        classes = tuple(sorted(set(train_y.tolist())))
+        built.append(Task(index, train_x, train_y.long(), test_x, test_y.long(), classes, f"task {index}"))
+    if kind == "class":
+        seen: set[int] = set()
+        for task in built:
+            if seen & set(task.classes):
+                raise ConfigError(f"class-incremental tasks must not share labels: task {task.index} repeats "
+                                  f"{sorted(seen & set(task.classes))}")
+            seen |= set(task.classes)
+    widths = [int(max(t.train_y.max(), t.test_y.max())) + 1 for t in built]
+    if kind == "task":
+        head_sizes, active = widths, []
+    elif kind == "domain":
+        head_sizes, active = [max(widths)], []
+    else:
+        head_sizes = [max(widths)]
+        active = [max(widths[: i + 1]) for i in range(len(built))]
+    first = built[0].train_x
+    scale = max_value if max_value is not None else (255.0 if first.dtype == torch.uint8 else 1.0)
+    return Scenario(kind, name, built, tuple(first.shape[1:]), scale, head_sizes, active)

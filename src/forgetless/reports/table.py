@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 
 from forgetless.training.experiment import ExperimentResult
@@ -16,13 +17,15 @@ def summary_table(result: ExperimentResult) -> Table:
         title=f"{config.benchmark} · {config.scenario}-incremental · {config.tasks} tasks · "
         f"{seeds} seed{'s' if seeds > 1 else ''}"
     )
-    table.add_column("strategy", style="bold")
-    columns = [("acc", "ACC ↑"), ("bwt", "BWT ↑"), ("fwt", "FWT ↑"), ("forgetting", "Forgetting ↓")]
+    table.box = box.SIMPLE_HEAD
+    table.add_column("strategy", style="bold", no_wrap=True)
+    columns = [("acc", "ACC↑"), ("bwt", "BWT↑"), ("fwt", "FWT↑"), ("forgetting", "Forget↓")]
     if "joint" in summary:
-        columns.append(("intransigence", "Intransigence ↓"))
+        columns.append(("intransigence", "Intrans↓"))
     for _, label in columns:
-        table.add_column(label, justify="right")
-    table.add_column("wall s", justify="right")
+        table.add_column(label, justify="right", no_wrap=True)
+    table.add_column("wall s", justify="right", no_wrap=True)
+    table.caption = "mean±std over seeds; ↑ higher is better, ↓ lower is better" if seeds > 1 else None
     for name, metrics in summary.items():
         cells = []
         for key, _ in columns:
@@ -30,7 +33,7 @@ def summary_table(result: ExperimentResult) -> Table:
             if value is None:
                 cells.append("–")
             elif seeds > 1:
-                cells.append(f"{value['mean']:.3f} ± {value['std']:.3f}")
+                cells.append(f"{value['mean']:.3f}±{value['std']:.2f}")
             else:
                 cells.append(f"{value['mean']:.3f}")
         wall = metrics["wall_seconds"]
