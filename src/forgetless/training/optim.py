@@ -1,16 +1,95 @@
-"""Optimizer and learning-rate schedule of one task (rebuilt at the start of every task)."""
+"""Optimizer and learning-rate schedule of one task (rebuilt at the start of every task).
+
+Layer-wise (discriminative) learning rates (Howard & Ruder 2018, "Universal Language Model
+Fine-tuning for Text Classification", Sec. 3.2, Eq. 2): with ``config.layerwise_lr_decay = d``
+the head trains at the base rate and every earlier depth level at ``d`` times the rate of the
+level above it, ``lr_l = lr * d ** (L - 1 - l)`` for level ``l`` of ``L`` (input side first).
+Depth levels come from :func:`layer_groups`: a model's own ``layer_groups()`` method where it has
+one (explicit groups), else a grouping by module path (below).
+"""
 
 from __future__ import annotations
+
+import math
+import re
+from typing import Any
 
 import torch
 from torch import nn
 
 from forgetless.config import RunConfig
 
+ParamGroups = list[list[nn.Parameter]]
+_HEAD_NAMES = {"head", "heads", "classifier", "lm_head", "score"}
 
-def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    """Adam or SGD over every parameter (frozen ones have no gradient and are skipped)."""
-    params = [p for p in model.parameters()]
+
+def _level_key(name: str) -> tuple[bool, str]:
+    """``(is_head, level)`` of parameter ``name``: the path up to its first numeric component."""
+    parts = name.split(".")
+    is_head = any(part in _HEAD_NAMES for part in parts)
+    for i, part in enumerate(parts[:-1]):
+        if re.fullmatch(r"\d+", part):
+            return is_head, ".".join(parts[: i + 1])
+    return is_head, ".".join(parts[:-1])
+
+
+def layer_groups(model: nn.Module) -> ParamGroups:
+    """Parameters by depth level, input side first and the head(s) last.
+
+    A model that defines ``layer_groups()`` decides (explicit groups). Otherwise parameters are
+    grouped by the path up to the first numeric component (``backbone.1.weight`` and
+    ``backbone.1.bias`` share ``backbone.1``; ``encoder.layer.3.*`` share ``encoder.layer.3``),
+    or by their module where the path has no number; levels keep the order of
+    ``named_parameters`` and every parameter under a ``head``/``classifier`` module forms the
+    last level.
+    """
+    own = getattr(model, "layer_groups", None)
+    if callable(own):
+        return [list(g) for g in own() if len(g)]
+    levels: dict[str, list[nn.Parameter]] = {}
+    head: list[nn.Parameter] = []
+    for name, param in model.named_parameters():
+        is_head, key = _level_key(name)
+        (head if is_head else levels.setdefault(key, [])).append(param)
+    groups = list(levels.values())
+    return groups + [head] if head else groups
+
+
+def layerwise_param_groups(groups: ParamGroups, lr: float, decay: float) -> list[dict[str, Any]]:
+    """Optimizer param groups: ``groups[-1]`` at ``lr``, each earlier one ``decay`` times lower.
+
+    ``groups`` runs from the input to the output; a parameter listed twice keeps its first
+    (deepest, i.e. closest to the output) rate.
+    """
+    seen: set[int] = set()
+    out: list[dict[str, Any]] = []
+    depth = len(groups)
+    for level in range(depth - 1, -1, -1):
+        params = [p for p in groups[level] if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            out.append({"params": params, "lr": lr * decay ** (depth - 1 - level), "level": level})
+    return out[::-1]
+
+
+def build_optimizer(
+    model: nn.Module, config: RunConfig, groups: ParamGroups | None = None
+) -> torch.optim.Optimizer:
+    """Adam or SGD over every parameter (frozen ones have no gradient and are skipped).
+
+    With ``config.layerwise_lr_decay`` set, one param group per depth level
+    (:func:`layer_groups`, or the explicit ``groups`` given, input side first) carries its own
+    rate; parameters in no group train at the base rate.
+    """
+    params: list[Any] = list(model.parameters())
+    if config.layerwise_lr_decay is not None:
+        params = layerwise_param_groups(
+            groups or layer_groups(model), config.lr, config.layerwise_lr_decay
+        )
+        grouped = {id(p) for g in params for p in g["params"]}
+        rest = [p for p in model.parameters() if id(p) not in grouped]
+        if rest:
+            params.append({"params": rest, "lr": config.lr, "level": -1})
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -18,21 +97,30 @@ def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimize
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def warmup_factor(step: int, warmup: int, total_steps: int, schedule: str) -> float:
+    """Multiplier of the base rate at optimizer step ``step`` (0-based).
+
+    Linear warmup ``(step + 1) / warmup`` for the first ``warmup`` steps, then 1 (constant) or
+    half a cosine from 1 down to 0 at ``total_steps`` (Loshchilov & Hutter 2017, Eq. 5).
+    """
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: RunConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Linear warmup for ``warmup_steps``, then constant or cosine decay; ``None`` if neither."""
-    warmup = config.warmup_steps
-    if warmup == 0 and config.lr_schedule == "constant":
+    """Linear warmup for ``warmup_steps``, then constant or cosine decay; ``None`` if neither.
+
+    The factor multiplies every param group's own rate, so layer-wise rates keep their ratios.
+    """
+    warmup, schedule = config.warmup_steps, config.lr_schedule
+    if warmup == 0 and schedule == "constant":
         return None
-    import math
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if config.lr_schedule == "cosine":
-            progress = (step - warmup) / max(1, total_steps - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_factor(step, warmup, total_steps, schedule)
+    )

@@ -1,0 +1,211 @@
+"""PackNet (Mallya & Lazebnik 2018, "PackNet: Adding Multiple Tasks to a Single Network by
+Iterative Pruning", CVPR).
+
+Every backbone weight has an *owner*: the task that kept it, or ``FREE``. Task ``t`` trains only
+the free weights (owned ones are frozen: gradients zeroed before the step and their values
+restored after it, so neither momentum nor weight decay can move them). After the task, the free
+weights are pruned by magnitude layer by layer (Sec. 3 of the paper): the largest
+``1 - prune_ratio`` fraction becomes owned by ``t``, the rest is set to zero and stays free for
+later tasks; the kept weights are then retrained briefly with the pruned ones held at zero.
+Inference for task ``t`` uses the weights owned by tasks ``<= t`` (everything else masked to
+zero), so old tasks' outputs are bit-identical after later tasks (BWT = 0). Biases are trained on
+the first task only and then frozen, as in the paper. Needs the task id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.func import functional_call
+
+from forgetless.strategies import register
+from forgetless.strategies._isolation import (
+    IsolationStrategy,
+    TaskRoutedModel,
+    count,
+    multi_head_of,
+    set_trainable,
+    weight_names,
+)
+from forgetless.strategies.base import Batch, TrainingContext
+
+FREE = 255
+"""Owner value of a weight no task has kept yet (owners are stored as ``uint8``)."""
+
+
+class PackNetModel(TaskRoutedModel):
+    """The backbone with a ``uint8`` owner map per weight layer; task ``t`` sees owners ``<= t``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.names = weight_names(backbone)
+        for i, name in enumerate(self.names):
+            weight = backbone.get_parameter(name)
+            self.register_buffer(f"owner_{i}", torch.full_like(weight, FREE, dtype=torch.uint8))
+        self.register_buffer("training_task", torch.tensor(0))
+        """Free weights are live for this task (the one training) and unseen ones."""
+
+    def owners(self) -> list[torch.Tensor]:
+        return [getattr(self, f"owner_{i}") for i in range(len(self.names))]
+
+    def live_mask(self, index: int, task: int) -> torch.Tensor:
+        owner = self.owners()[index]
+        live = owner <= task
+        if task >= int(self.training_task):
+            live |= owner == FREE
+        return live
+
+    def forward_task(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        weights = {
+            name: torch.where(self.live_mask(i, task), self.backbone.get_parameter(name), 0.0)
+            for i, name in enumerate(self.names)
+        }
+        return self.head(functional_call(self.backbone, weights, (x,)), task)
+
+    def structure(self) -> dict[str, Any]:
+        return {}
+
+
+class PackNetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prune_ratio: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="fraction of a task's free weights released after it, in (0, 1); default: "
+        "an equal share of the capacity per task (task t of T keeps 1/(T-t) of the free weights)",
+    )
+    retrain_steps: int = Field(50, ge=0, description="optimizer steps of retraining after pruning")
+
+
+@register
+class PackNet(IsolationStrategy):
+    name = "packnet"
+    summary = "PackNet: prune by magnitude after each task, freeze the kept weights (task-IL)"
+    Params = PackNetParams
+    model: PackNetModel
+
+    def build(self, ctx: TrainingContext) -> PackNetModel:
+        backbone, head = multi_head_of(ctx.model, self.name)
+        self.capacity_left: list[float] = []
+        self.kept_per_task: list[int] = []
+        return PackNetModel(backbone, head)
+
+    def weights(self) -> list[nn.Parameter]:
+        return [self.model.backbone.get_parameter(n) for n in self.model.names]
+
+    def trainable_for(self, task: int) -> list[nn.Module]:
+        if task == 0:
+            return [self.model.backbone, self.model.head.heads[task]]
+        return [self.model.head.heads[task]]
+
+    def before_task(self, ctx: TrainingContext) -> None:
+        self.model.training_task.fill_(ctx.task_index)
+        super().before_task(ctx)
+        for weight in self.weights():  # only the free entries of the weights train
+            weight.requires_grad_(True)
+        self._snapshot = [w.detach().clone() for w in self.weights()]
+
+    # -- keeping owned weights frozen -----------------------------------------------------
+    def _trainable_masks(self, owner_value: int) -> list[torch.Tensor]:
+        return [owner == owner_value for owner in self.model.owners()]
+
+    def _mask_gradients(self, masks: list[torch.Tensor]) -> None:
+        for weight, mask in zip(self.weights(), masks):
+            if weight.grad is not None:
+                weight.grad.mul_(mask)
+
+    @torch.no_grad()
+    def _restore(self, masks: list[torch.Tensor]) -> None:
+        for weight, mask, frozen in zip(self.weights(), masks, self._snapshot):
+            weight.copy_(torch.where(mask, weight, frozen))
+
+    def before_step(self, ctx: TrainingContext) -> None:
+        self._mask_gradients(self._trainable_masks(FREE))
+
+    def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
+        self._restore(self._trainable_masks(FREE))
+        return False
+
+    # -- pruning --------------------------------------------------------------------------
+    def keep_fraction(self, ctx: TrainingContext) -> float:
+        if self.params.prune_ratio is not None:
+            return 1.0 - self.params.prune_ratio
+        return 1.0 / (ctx.scenario.num_tasks - ctx.task_index)
+
+    @torch.no_grad()
+    def prune(self, task: int, keep: float) -> int:
+        """Give the top ``keep`` of each layer's free weights to ``task``; zero the rest."""
+        kept = 0
+        for weight, owner in zip(self.weights(), self.model.owners()):
+            free = owner == FREE
+            n_keep = round(keep * int(free.sum()))
+            magnitude = torch.where(free, weight.abs(), -1.0).reshape(-1)
+            top = torch.topk(magnitude, n_keep).indices if n_keep else magnitude.new_zeros(0).long()
+            owner.view(-1)[top] = task
+            weight.masked_fill_(owner == FREE, 0.0)
+            kept += n_keep
+        return kept
+
+    def retrain(self, ctx: TrainingContext, task: int) -> None:
+        """A few steps on the kept weights of ``task`` (pruned ones held at zero)."""
+        steps = self.params.retrain_steps
+        data = ctx.task
+        if not steps or not data.num_train:
+            return
+        model, config = self.model, ctx.config
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=config.lr)
+        masks = self._trainable_masks(task)
+        self._snapshot = [w.detach().clone() for w in self.weights()]
+        model.train()
+        for _ in range(steps):
+            index = torch.randint(data.num_train, (config.batch_size,), generator=ctx.generator)
+            index = index.to(data.train_y.device)
+            logits = model(ctx.prepare(data.train_x[index]), ctx.task_id(task))
+            loss = F.cross_entropy(logits, data.train_y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._mask_gradients(masks)
+            optimizer.step()
+            self._restore(masks)
+
+    def after_task(self, ctx: TrainingContext) -> None:
+        task = ctx.task_index
+        self.kept_per_task.append(self.prune(task, self.keep_fraction(ctx)))
+        self.retrain(ctx, task)
+        set_trainable(self.model, False)
+        free = sum(int((o == FREE).sum()) for o in self.model.owners())
+        self.capacity_left.append(free / sum(o.numel() for o in self.model.owners()))
+        super().after_task(ctx)
+
+    def storage_bytes(self) -> int:
+        owner_bytes = sum(o.numel() for o in self.model.owners())
+        return 4 * count(self.model.parameters()) + owner_bytes
+
+    def report(self) -> dict[str, Any]:
+        out = super().report()
+        out["capacity_left_after_task"] = list(self.capacity_left)
+        out["weights_kept_per_task"] = list(self.kept_per_task)
+        out["owner_map_bytes"] = sum(o.numel() for o in self.model.owners())
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["capacity_left"] = list(self.capacity_left)
+        state["kept_per_task"] = list(self.kept_per_task)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.capacity_left = list(state["capacity_left"])
+        self.kept_per_task = list(state["kept_per_task"])
+        for weight in self.weights():
+            weight.requires_grad_(True)
+        self._snapshot = [w.detach().clone() for w in self.weights()]

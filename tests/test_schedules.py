@@ -1,0 +1,238 @@
+"""Fine-tuning schedules: layer-wise rates, warmup, gradual unfreezing, the safety brake."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from forgetless.config import make_config
+from forgetless.errors import ConfigError
+from forgetless.models import build_model
+from forgetless.strategies.base import Batch, Strategy, TrainingContext
+from forgetless.training.optim import build_optimizer, build_scheduler, layer_groups
+from forgetless.training.schedules import GradualUnfreezing, SafetyBrake, schedule_strategies
+from test_architecture import tiny_learner
+
+
+def mlp(hidden: list[int] | None = None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("mlp", (1, 4, 4), [2, 2], True, hidden or [8, 6])
+
+
+# -- layer-wise learning rates ------------------------------------------------------------
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_layerwise_decay_gives_the_head_the_base_rate_and_earlier_layers_less(
+    optimizer: str,
+) -> None:
+    model = mlp()
+    config = make_config(lr=0.1, layerwise_lr_decay=0.5, optimizer=optimizer)
+    opt = build_optimizer(model, config)
+    expected = [
+        ([model.backbone[1].weight, model.backbone[1].bias], 0.1 * 0.25),
+        ([model.backbone[3].weight, model.backbone[3].bias], 0.1 * 0.5),
+        (list(model.head.parameters()), 0.1),
+    ]
+    assert len(opt.param_groups) == 3
+    for group, (params, lr) in zip(opt.param_groups, expected):
+        assert [id(p) for p in group["params"]] == [id(p) for p in params]
+        assert group["lr"] == pytest.approx(lr)
+
+
+def test_without_decay_one_group_at_the_base_rate() -> None:
+    opt = build_optimizer(mlp(), make_config(lr=0.1))
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == 0.1
+
+
+def test_explicit_groups_by_argument_and_by_model_method() -> None:
+    model = mlp()
+    config = make_config(lr=1.0, layerwise_lr_decay=0.1)
+    first, second = model.backbone[1], model.backbone[3]
+    opt = build_optimizer(
+        model, config, groups=[list(first.parameters()), list(second.parameters())]
+    )
+    rates = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert rates[id(first.weight)] == pytest.approx(0.1)
+    assert rates[id(second.weight)] == pytest.approx(1.0)
+    # parameters in no explicit group (the heads) train at the base rate
+    assert all(rates[id(p)] == 1.0 for p in model.head.parameters())
+    assert len(rates) == len(list(model.parameters()))
+    # a model's own layer_groups() is used by default (progressive columns: stage by stage)
+    learner = tiny_learner("progressive", hidden=[8, 6])
+    learner.train_task(0)
+    learner.train_task(1)
+    groups = layer_groups(learner.model)
+    assert len(groups) == 3
+    assert id(learner.model.laterals[1][0][0].weight) in {id(p) for p in groups[1]}
+
+
+def test_warmup_then_constant_and_cosine_rates() -> None:
+    for schedule in ("constant", "cosine"):
+        model = mlp()
+        config = make_config(lr=0.2, warmup_steps=4, lr_schedule=schedule, layerwise_lr_decay=0.5)
+        opt = build_optimizer(model, config)
+        scheduler = build_scheduler(opt, config, total_steps=10)
+        seen = []
+        for _ in range(10):
+            seen.append([g["lr"] for g in opt.param_groups])  # the rate this step uses
+            opt.step()
+            scheduler.step()
+        head = [s[-1] for s in seen]
+        factors = [0.25, 0.5, 0.75, 1.0]
+        if schedule == "constant":
+            factors += [1.0] * 6
+        else:
+            factors += [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
+        assert head == pytest.approx([0.2 * f for f in factors])
+        # every group keeps its layer-wise ratio to the head throughout
+        for step in seen:
+            assert step[0] / step[-1] == pytest.approx(0.25)
+    assert build_scheduler(opt, make_config(), 10) is None
+
+
+# -- gradual unfreezing -------------------------------------------------------------------
+class ParamRecorder(Strategy):
+    """Copies every parameter after every optimizer step (placed before the schedule)."""
+
+    name = "param-recorder"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[dict[str, torch.Tensor]] = []
+
+    def before_task(self, ctx: TrainingContext) -> None:
+        self.history = [{n: p.detach().clone() for n, p in ctx.model.named_parameters()}]
+
+    def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
+        self.history.append({n: p.detach().clone() for n, p in ctx.model.named_parameters()})
+        return False
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "extra"), [("adam", {"weight_decay": 0.1}), ("sgd", {"momentum": 0.9})]
+)
+def test_gradual_unfreezing_keeps_frozen_levels_bit_identical_until_their_turn(
+    optimizer, extra
+) -> None:
+    learner = tiny_learner("naive", optimizer=optimizer, epochs=3, **extra)
+    recorder, every = ParamRecorder(), 3
+    unfreeze = GradualUnfreezing(every)
+    learner.strategies += [recorder, unfreeze]
+    learner.hooks["after_step"] += [recorder, unfreeze]
+    learner.train_task(0)
+    history = recorder.history  # history[s] = parameters after s steps
+    assert len(history) == 13
+    levels = {"head.heads.0.weight": 0, "backbone.3.weight": 1, "backbone.1.weight": 2}
+    for name, level in levels.items():
+        first_trained = level * every + 1  # trains from the step after `level * every` steps
+        for s in range(1, len(history)):
+            changed = not torch.equal(history[s][name], history[s - 1][name])
+            assert changed == (s >= first_trained), (name, s)
+    assert unfreeze.report()["unfrozen_at_steps"] == [[3, 6]]
+    assert all(p.requires_grad for p in learner.model.parameters())  # released after the task
+
+
+def test_gradual_unfreezing_never_unfreezes_what_a_strategy_froze() -> None:
+    learner = tiny_learner("progressive")
+    unfreeze = GradualUnfreezing(2)
+    learner.strategies.append(unfreeze)
+    learner.hooks["after_step"].append(unfreeze)
+    learner.train_task(0)
+    before = [p.detach().clone() for p in learner.model.columns[0].parameters()]
+    learner.train_task(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, learner.model.columns[0].parameters()))
+    assert not any(p.requires_grad for p in learner.model.columns[0].parameters())
+
+
+# -- safety brake -------------------------------------------------------------------------
+def fake_monitor(drop_per_step: float):
+    """Earlier tasks' accuracy falls by ``drop_per_step`` per optimizer step of the task."""
+
+    def evaluate(ctx: TrainingContext, tasks: list[int]) -> np.ndarray:
+        return np.full(len(tasks), 0.9 - drop_per_step * ctx.step)
+
+    return evaluate
+
+
+def braked_learner(threshold: float, every: int, drop_per_step: float):
+    learner = tiny_learner("naive", epochs=3)  # 12 steps per task
+    recorder = ParamRecorder()
+    brake = SafetyBrake(threshold, every, evaluate=fake_monitor(drop_per_step))
+    learner.strategies += [recorder, brake]
+    learner.hooks["after_step"] += [recorder, brake]
+    return learner, recorder, brake
+
+
+@pytest.mark.parametrize(
+    ("threshold", "every", "drop_per_step", "stop_step", "restored_step"),
+    [
+        (0.055, 2, 0.01, 6, 4),  # drops .02, .04 within; .06 at step 6 crosses
+        (0.045, 1, 0.01, 5, 4),  # checked every step: stops at the first step beyond
+        (0.03, 4, 0.01, 4, 0),  # the first check crosses: back to the pre-task weights
+        (0.25, 4, 0.03125, 12, 8),  # exact binary fractions: drop .25 at step 8 is not "beyond"
+    ],
+)
+def test_brake_stops_at_the_first_check_beyond_the_threshold_and_restores_the_best(
+    threshold, every, drop_per_step, stop_step, restored_step
+) -> None:
+    learner, recorder, brake = braked_learner(threshold, every, drop_per_step)
+    learner.train_task(0)
+    learner.train_task(1)
+    assert learner.result.stopped_early == {1: stop_step}
+    assert learner.result.steps == [12, stop_step]
+    best = recorder.history[restored_step]
+    for name, param in learner.model.named_parameters():
+        assert torch.equal(param, best[name]), name
+    assert not all(
+        torch.equal(p, recorder.history[stop_step][n]) for n, p in learner.model.named_parameters()
+    )
+    entry = brake.report()["tasks"]["1"]
+    assert entry["stopped_at_step"] == stop_step and entry["restored_step"] == restored_step
+    assert entry["reference"] == pytest.approx(0.9)
+    assert entry["drop"] > threshold
+
+
+def test_brake_never_fires_within_the_threshold_and_checks_the_last_step() -> None:
+    learner, recorder, brake = braked_learner(0.5, 5, 0.01)
+    learner.run()
+    assert learner.result.stopped_early == {}
+    assert [c[0] for c in brake.report()["tasks"]["2"]["checks"]] == [5, 10, 12]
+    assert "0" not in brake.report()["tasks"]  # the first task has nothing to protect
+
+
+def test_brake_logs_why_it_stopped(caplog) -> None:
+    learner, _, _ = braked_learner(0.055, 2, 0.01)
+    learner.train_task(0)
+    with caplog.at_level("WARNING"):
+        learner.train_task(1)
+    assert (
+        "task 1 stopped at step 6" in caplog.text
+        and "restored the weights of step 4" in caplog.text
+    )
+
+
+def test_brake_state_round_trip() -> None:
+    learner, _, brake = braked_learner(0.055, 2, 0.01)
+    learner.train_task(0)
+    learner.train_task(1)
+    copy = SafetyBrake(0.055, 2)
+    copy.load_state_dict(brake.state_dict())
+    assert copy.report() == brake.report()
+
+
+# -- options ------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_threshold_outside_unit_interval_is_a_config_error(value: float) -> None:
+    with pytest.raises(ConfigError, match="stop_if_drop"):
+        make_config(stop_if_drop=value)
+    with pytest.raises(ConfigError, match=r"stop_if_drop must be an accuracy drop in \[0, 1\]"):
+        SafetyBrake(value, 10)
+
+
+def test_schedule_strategies_follow_the_options() -> None:
+    assert schedule_strategies(make_config()) == []
+    built = schedule_strategies(make_config(unfreeze_every=5, stop_if_drop=0.1, eval_every=7))
+    assert [type(s) for s in built] == [GradualUnfreezing, SafetyBrake]
+    assert built[0].every == 5 and built[1].threshold == 0.1 and built[1].eval_every == 7
