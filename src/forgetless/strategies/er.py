@@ -1,0 +1,22 @@
+"""Experience replay (ER; Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning").
+
+Every training batch is extended with as many rows drawn from a fixed-budget memory (reservoir
+sampling by default, or class-balanced); the learner's cross-entropy then averages over current
+and replayed rows alike. The memory is filled with the current task's rows after every step.
+"""
+
+from __future__ import annotations
+
+from forgetless.strategies import register
+from forgetless.strategies._buffer import ReplayStrategy
+from forgetless.strategies.base import Batch, TrainingContext
+
+
+@register
+class ExperienceReplay(ReplayStrategy):
+    name = "er"
+    summary = "experience replay: mix each batch with samples from a reservoir memory"
+
+    def replay_batch(self, ctx: TrainingContext, batch: Batch) -> Batch | None:
+        sample = self.draw(ctx)
+        return None if sample is None else sample.to_batch(ctx)
