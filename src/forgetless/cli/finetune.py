@@ -1,0 +1,227 @@
+"""``forgetless finetune`` and ``forgetless demo encoder|llm`` (Hugging Face fine-tuning)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from forgetless.errors import ConfigError
+
+console = Console()
+demo_app = typer.Typer(help="Offline demos of fine-tuning without forgetting.", no_args_is_help=True)
+
+
+def _needs_hf() -> None:
+    try:
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ConfigError("fine-tuning needs the hf extra: pip install 'forgetless[hf]'") from None
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
+def _fmt(metric: str, value: float) -> str:
+    return f"{value:.2f}" if metric == "perplexity" else f"{value:.3f}"
+
+
+def _drop(metric: str, drop: float) -> str:
+    return f"{drop:+.1%}" if metric == "perplexity" else f"{drop:+.3f}"
+
+
+def results_table(runs: dict[str, dict[str, Any]], title: str) -> Table:
+    """Before → after per capability and the new task, one row per run; drop = forgetting."""
+    table = Table(title=title)
+    table.add_column("run", style="bold")
+    first = next(iter(runs.values()))
+    for name, cap in first["capabilities"].items():
+        table.add_column(f"{name}\n{cap['metric']} before→after", justify="right")
+        table.add_column("drop ↓", justify="right")
+    table.add_column(f"new task\n{first['task']['metric']} before→after", justify="right")
+    table.add_column("steps", justify="right")
+    table.add_column("wall s", justify="right")
+    for run, summary in runs.items():
+        cells = []
+        for cap in summary["capabilities"].values():
+            cells += [f"{_fmt(cap['metric'], cap['before'])} → {_fmt(cap['metric'], cap['after'])}",
+                      _drop(cap["metric"], cap["drop"])]
+        task = summary["task"]
+        cells.append(f"{_fmt(task['metric'], task['before'])} → {_fmt(task['metric'], task['after'])}")
+        stopped = f" (stopped {summary['stopped_at']})" if summary.get("stopped_at") else ""
+        cells += [f"{summary['steps_trained']}{stopped}", f"{summary['wall_seconds']:.0f}"]
+        table.add_row(run, *cells)
+    return table
+
+
+class LiveProgress:
+    """A rich progress bar per run showing the new task's metric and each capability's drop."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+            console=console, disable=quiet,
+        )
+        self.bar: Any = None
+
+    def start_run(self, name: str, steps: int) -> None:
+        self.bar = self.progress.add_task(name, total=steps, status="evaluating…")
+
+    def on_step(self, step: int, total: int) -> None:
+        self.progress.update(self.bar, completed=step, total=total)
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        parts = []
+        if record.get("task") is not None:
+            parts.append(f"task {record['task']:.3f}")
+        for name, drop in record["drops"].items():
+            parts.append(f"{name.split(':', 1)[0]} drop {drop:+.3f}")
+        self.progress.update(self.bar, status=" · ".join(parts))
+
+
+def _run_with_progress(live: LiveProgress):
+    from forgetless.integrations.hf.finetune import run_finetune
+
+    def run(name: str, cfg: Any) -> dict[str, Any]:
+        live.start_run(name, cfg.steps)
+        return run_finetune(cfg, listeners=[live.on_record], on_step=live.on_step)
+
+    return run
+
+
+def _split(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def finetune(
+    model: str = typer.Option(..., help="Hugging Face hub name or local folder"),
+    task: str = typer.Option(..., help="new-task data: .jsonl/.csv/.tsv/.txt, class folder, builtin:NAME"),
+    keep: list[str] = typer.Option([], help="capability to keep, KIND:DATA (perplexity|accuracy|knn); repeat"),
+    objective: str = typer.Option("auto", help="auto | lm | classify (auto: labels -> classify)"),
+    text_column: Optional[str] = typer.Option(None, help="text column of the task file"),
+    label_column: Optional[str] = typer.Option(None, help="label column of the task file"),
+    steps: int = typer.Option(100, help="optimizer steps"),
+    batch_size: int = typer.Option(16, help="batch size"),
+    seq_len: int = typer.Option(128, help="tokens per sequence"),
+    lr: float = typer.Option(5e-5, help="learning rate"),
+    weight_decay: float = typer.Option(0.0, help="AdamW weight decay"),
+    lora: bool = typer.Option(False, "--lora", help="train LoRA adapters (peft); base weights untouched"),
+    lora_r: int = typer.Option(8, help="LoRA rank"),
+    lora_targets: Optional[str] = typer.Option(None, help="LoRA target modules, e.g. query,value"),
+    l2sp: float = typer.Option(0.0, help="L2-SP strength alpha (0 = off)"),
+    ewc: float = typer.Option(0.0, help="EWC strength lambda (0 = off)"),
+    ewc_samples: int = typer.Option(64, help="general-data rows for EWC's Fisher"),
+    ewc_modules: Optional[str] = typer.Option(None, help="EWC only on these modules (globs, comma-separated)"),
+    replay_ratio: float = typer.Option(0.0, help="share of general data in every batch, e.g. 0.25"),
+    layerwise_lr_decay: float = typer.Option(1.0, help="lr factor per layer going down (1 = off)"),
+    warmup_steps: int = typer.Option(0, help="linear warmup steps"),
+    unfreeze_every: int = typer.Option(0, help="gradual unfreezing period in steps (0 = off)"),
+    stop_if_drop: Optional[float] = typer.Option(
+        None, help="stop and restore the best weights when a capability drops more than this",
+    ),
+    eval_every: int = typer.Option(20, help="steps between capability evaluations"),
+    eval_size: int = typer.Option(256, help="held-out rows per capability"),
+    train_size: Optional[int] = typer.Option(None, help="at most this many task training rows"),
+    seed: int = typer.Option(0, help="random seed"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    out: Path = typer.Option(..., help="report folder"),
+    save_model: bool = typer.Option(False, "--save-model", help="also save the fine-tuned model to OUT/model"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Fine-tune a transformer on a task while measuring (and limiting) what it forgets."""
+    _needs_hf()
+    from pydantic import ValidationError
+
+    from forgetless.integrations.hf.finetune import FinetuneConfig, run_finetune, write_report
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        cfg = FinetuneConfig(
+            model=model, task=task, keep=keep, objective=objective, text_column=text_column,
+            label_column=label_column, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
+            weight_decay=weight_decay, lora=lora, lora_r=lora_r, lora_targets=_split(lora_targets),
+            l2sp=l2sp, ewc=ewc, ewc_samples=ewc_samples, ewc_modules=_split(ewc_modules),
+            replay_ratio=replay_ratio, layerwise_lr_decay=layerwise_lr_decay,
+            warmup_steps=warmup_steps, unfreeze_every=unfreeze_every, stop_if_drop=stop_if_drop,
+            eval_every=eval_every, eval_size=eval_size, train_size=train_size, seed=seed,
+            device=device,
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    live = LiveProgress(quiet)
+    with live.progress:
+        live.start_run("+".join(cfg.mitigations()), cfg.steps)
+        summary = run_finetune(cfg, listeners=[live.on_record], on_step=live.on_step)
+    name = summary["run"]
+    if save_model:
+        summary["_model"].save_pretrained(out / "model")
+        summary["_tokenizer"].save_pretrained(out / "model")
+    write_report({name: summary}, out)
+    console.print(results_table({name: summary}, f"{model} → {task}"))
+    console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, capability_curves.png)")
+
+
+@demo_app.command("encoder")
+def demo_encoder(
+    out: Path = typer.Option(..., help="report folder"),
+    steps: int = typer.Option(60, help="fine-tuning steps per run"),
+    threads: int = typer.Option(2, help="torch CPU threads"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """MiniLM keeps tweet sentiment while learning news topics: naive vs LoRA vs L2-SP vs replay."""
+    _needs_hf()
+    import torch
+
+    from forgetless.integrations.hf.demos import encoder_demo
+
+    torch.set_num_threads(threads)
+    live = LiveProgress(quiet)
+    with live.progress:
+        runs = encoder_demo(out, steps=steps, run=_run_with_progress(live))
+    console.print(results_table(runs, "all-MiniLM-L6-v2: tweet sentiment kept, BBC topics learned"))
+    console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, capability_curves.png)")
+
+
+@demo_app.command("llm")
+def demo_llm(
+    out: Path = typer.Option(..., help="report folder"),
+    pretrain_seconds: float = typer.Option(150.0, help="pretraining budget of the tiny GPT-2 (cached)"),
+    steps: int = typer.Option(150, help="fine-tuning steps per run"),
+    threads: int = typer.Option(2, help="torch CPU threads"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Tiny byte-level GPT-2 keeps general prose while learning Python code: naive vs 25% replay."""
+    _needs_hf()
+    import torch
+
+    from forgetless.integrations.hf.demos import llm_demo
+
+    torch.set_num_threads(threads)
+    console.print("pretraining (or loading the cached) tiny GPT-2 …")
+    live = LiveProgress(quiet)
+    with live.progress:
+        runs = llm_demo(out, pretrain_seconds=pretrain_seconds, steps=steps,
+                        run=_run_with_progress(live))
+    console.print(results_table(runs, "tiny byte-level GPT-2: general text kept, Python code learned"))
+    console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, capability_curves.png)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``finetune`` and ``demo encoder|llm`` to the main app."""
+    app.command("finetune")(finetune)
+    app.add_typer(demo_app, name="demo")

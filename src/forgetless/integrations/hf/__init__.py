@@ -1,0 +1,41 @@
+"""Fine-tune Hugging Face transformers without forgetting: measure, guard and mitigate.
+
+Needs the ``hf`` extra (``pip install forgetless[hf]``: transformers, peft, accelerate).
+"""
+
+from __future__ import annotations
+
+from forgetless.integrations.hf.callback import ForgettingCallback
+from forgetless.integrations.hf.capabilities import (
+    Capability,
+    HeadAccuracy,
+    KnnProbe,
+    Perplexity,
+    build_capability,
+    encode_texts,
+    lm_blocks,
+)
+from forgetless.integrations.hf.data import TextData, load_texts
+from forgetless.integrations.hf.finetune import FinetuneConfig, run_finetune
+from forgetless.integrations.hf.mixing import (
+    MixedDataset,
+    MixingBatchSampler,
+    RowsDataset,
+    SplitCollator,
+)
+from forgetless.integrations.hf.penalties import estimate_fisher, ewc_penalty, l2sp_penalty
+from forgetless.integrations.hf.schedules import (
+    GradualUnfreezing,
+    layerwise_adamw,
+    layerwise_param_groups,
+)
+from forgetless.integrations.hf.tracker import CapabilityTracker
+from forgetless.integrations.hf.trainer import ForgetlessTrainer, ForgettingTrainerMixin
+
+__all__ = [
+    "Capability", "CapabilityTracker", "FinetuneConfig", "ForgetlessTrainer", "ForgettingCallback",
+    "ForgettingTrainerMixin", "GradualUnfreezing", "HeadAccuracy", "KnnProbe", "MixedDataset",
+    "MixingBatchSampler", "Perplexity", "RowsDataset", "SplitCollator", "TextData",
+    "build_capability", "encode_texts", "estimate_fisher", "ewc_penalty", "l2sp_penalty",
+    "layerwise_adamw", "layerwise_param_groups", "lm_blocks", "load_texts", "run_finetune",
+]

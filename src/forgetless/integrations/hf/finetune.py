@@ -1,0 +1,345 @@
+"""``run_finetune``: fine-tune a Hugging Face model on a task while guarding kept capabilities.
+
+Composes everything in this package: capabilities + tracker + :class:`ForgettingCallback`,
+LoRA (peft), L2-SP / EWC (:mod:`.penalties`), replay (:mod:`.mixing`), layer-wise LR decay,
+warmup and gradual unfreezing (:mod:`.schedules`), on :class:`ForgetlessTrainer`. Used by
+``forgetless finetune`` and the demos; the same pieces work in a user's own Trainer script.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from forgetless.errors import ConfigError
+from forgetless.integrations.hf.capabilities import (
+    CAPABILITY_KINDS,
+    Capability,
+    HeadAccuracy,
+    Perplexity,
+    build_capability,
+    encode_texts,
+    lm_blocks,
+)
+from forgetless.integrations.hf.data import TextData, load_texts
+
+Listener = Callable[[dict[str, Any]], None]
+StepListener = Callable[[int, int], None]
+
+
+class FinetuneConfig(BaseModel):
+    """Every option of ``forgetless finetune`` (validated; negative values fail by field name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    task: str
+    keep: list[str] = Field(default_factory=list)
+    objective: Literal["auto", "lm", "classify"] = "auto"
+    text_column: str | None = None
+    label_column: str | None = None
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(16, ge=1)
+    seq_len: int = Field(128, ge=4)
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    layerwise_lr_decay: float = Field(1.0, gt=0, le=1)
+    unfreeze_every: int = Field(0, ge=0)
+    lora: bool = False
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_targets: list[str] | None = None
+    l2sp: float = Field(0.0, ge=0)
+    ewc: float = Field(0.0, ge=0)
+    ewc_samples: int = Field(64, ge=1)
+    ewc_modules: list[str] | None = None
+    replay_ratio: float = Field(0.0, ge=0, lt=1)
+    stop_if_drop: float | None = Field(None, ge=0)
+    eval_every: int = Field(20, ge=1)
+    eval_size: int = Field(256, ge=4)
+    train_size: int | None = Field(None, ge=1)
+    seed: int = 0
+    device: str | None = None
+
+    def mitigations(self) -> list[str]:
+        parts = []
+        if self.lora:
+            parts.append(f"lora(r={self.lora_r})")
+        if self.l2sp:
+            parts.append(f"l2sp({self.l2sp:g})")
+        if self.ewc:
+            parts.append(f"ewc({self.ewc:g})")
+        if self.replay_ratio:
+            parts.append(f"replay({self.replay_ratio:g})")
+        if self.layerwise_lr_decay < 1:
+            parts.append(f"llrd({self.layerwise_lr_decay:g})")
+        if self.unfreeze_every:
+            parts.append(f"unfreeze({self.unfreeze_every})")
+        return parts or ["naive"]
+
+
+def parse_keep(spec: str) -> tuple[str, str]:
+    """``"KIND:SOURCE"`` (e.g. ``perplexity:builtin:kjv``, ``accuracy:reviews.csv``)."""
+    kind, sep, source = spec.partition(":")
+    if not sep or kind not in CAPABILITY_KINDS or not source:
+        raise ConfigError(f"--keep {spec!r} must be KIND:DATA with KIND one of "
+                          f"{', '.join(CAPABILITY_KINDS)} (e.g. perplexity:builtin:kjv)")
+    return kind, source
+
+
+def build_capabilities(specs: list[str], tokenizer: Any, cfg: FinetuneConfig,
+                       objective: str) -> list[Capability]:
+    if not specs:
+        raise ConfigError("no capability to keep: give at least one --keep KIND:DATA "
+                          "(e.g. --keep perplexity:builtin:kjv)")
+    capabilities = []
+    for spec in specs:
+        kind, source = parse_keep(spec)
+        if kind == "perplexity" and objective != "lm":
+            raise ConfigError(f"--keep {spec}: perplexity needs a causal LM (the task is "
+                              "classification); use accuracy: or knn: instead")
+        data = load_texts(source, need_labels=kind != "perplexity")
+        capabilities.append(build_capability(kind, data, tokenizer, cfg.seq_len, name=f"{kind}:{source}",
+                                             eval_size=cfg.eval_size,
+                                             train_size=max(cfg.eval_size, 4 * cfg.batch_size),
+                                             seed=cfg.seed))
+    return capabilities
+
+
+def task_rows(data: TextData, tokenizer: Any, cfg: FinetuneConfig,
+              objective: str) -> tuple[dict[str, torch.Tensor], Capability]:
+    """Training rows of the new task and its held-out metric (perplexity or accuracy)."""
+    train, test = data.split(0.2, cfg.seed)
+    test = test.head(cfg.eval_size, cfg.seed)
+    if objective == "lm":
+        blocks = lm_blocks(tokenizer, train, cfg.seq_len, cfg.train_size)
+        metric: Capability = Perplexity("task", lm_blocks(tokenizer, test, cfg.seq_len, cfg.eval_size))
+        return {"input_ids": blocks, "labels": blocks}, metric
+    train = train.head(cfg.train_size, cfg.seed)
+    rows = {**encode_texts(tokenizer, train.texts, cfg.seq_len), "labels": torch.tensor(train.labels)}
+    test_rows = encode_texts(tokenizer, test.texts, cfg.seq_len)
+    metric = HeadAccuracy("task", rows, rows["labels"], test_rows, torch.tensor(test.labels),
+                          head="model")
+    return rows, metric
+
+
+def _apply_lora(model: Any, cfg: FinetuneConfig, objective: str) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task_type = TaskType.CAUSAL_LM if objective == "lm" else TaskType.SEQ_CLS
+    lora = LoraConfig(task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=0.0, target_modules=cfg.lora_targets)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as error:
+        raise ConfigError(f"LoRA cannot pick target modules for this model ({str(error)[:120]}): "
+                          "pass --lora-targets, e.g. query,value") from None
+
+
+class _StepCallback:
+    """Forward each optimizer step to ``on_step(step, max_steps)`` (progress bars)."""
+
+    def __new__(cls, on_step: StepListener) -> Any:
+        from transformers import TrainerCallback
+
+        class StepCallback(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                on_step(state.global_step, state.max_steps)
+
+        return StepCallback()
+
+
+def run_finetune(cfg: FinetuneConfig, out: Path | None = None,
+                 listeners: list[Listener] | None = None,
+                 on_step: StepListener | None = None) -> dict[str, Any]:
+    """Fine-tune per ``cfg``; returns the forgetting summary (and writes the report to ``out``)."""
+    from transformers import TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.utils import logging as hf_logging
+
+    from forgetless.integrations.hf.callback import ForgettingCallback
+    from forgetless.integrations.hf.mixing import (
+        MixedDataset,
+        MixingBatchSampler,
+        RowsDataset,
+        SplitCollator,
+    )
+    from forgetless.integrations.hf.models import load_model
+    from forgetless.integrations.hf.penalties import estimate_fisher, ewc_penalty, l2sp_penalty
+    from forgetless.integrations.hf.schedules import GradualUnfreezing, layerwise_adamw
+    from forgetless.integrations.hf.tracker import CapabilityTracker
+    from forgetless.integrations.hf.trainer import ForgetlessTrainer
+
+    hf_logging.disable_progress_bar()
+    started = time.perf_counter()
+    set_seed(cfg.seed)
+    if not cfg.keep:
+        raise ConfigError("no capability to keep: give at least one --keep KIND:DATA "
+                          "(e.g. --keep perplexity:builtin:kjv)")
+    for spec in cfg.keep:
+        parse_keep(spec)
+    data = load_texts(cfg.task, cfg.text_column, cfg.label_column,
+                      need_labels=cfg.objective == "classify")
+    objective = cfg.objective if cfg.objective != "auto" else ("classify" if data.labelled else "lm")
+    if objective == "classify" and not data.labelled:
+        raise ConfigError(f"{cfg.task}: classification needs labels")
+    model, tokenizer, new_params = load_model(
+        cfg.model, objective, len(data.label_names) if objective == "classify" else None, cfg.seq_len)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    rows, task_metric = task_rows(data, tokenizer, cfg, objective)
+    capabilities = build_capabilities(cfg.keep, tokenizer, cfg, objective)
+    tracker = CapabilityTracker(capabilities, task_metric, cfg.eval_every)
+    tracker.prepare(model)  # fixed heads are fitted on the model before anything changes it
+
+    if cfg.lora:
+        model = _apply_lora(model, cfg, objective)
+    new = tuple(new_params)
+    anchored = [n for n, p in model.named_parameters()
+                if p.requires_grad and not any(n.endswith(m) for m in new)]
+    penalties = []
+    fisher_bytes = 0
+    if cfg.l2sp:
+        penalties.append(l2sp_penalty(model, cfg.l2sp, anchored))
+    if cfg.ewc:
+        sources = [c for c in capabilities if c.replay_rows() is not None]
+        if not sources:
+            raise ConfigError("EWC needs general data: keep a perplexity: or accuracy: capability")
+        generator = torch.Generator().manual_seed(cfg.seed)
+        fisher: dict[str, torch.Tensor] = {}
+        for capability in sources:
+            part = estimate_fisher(model, capability, cfg.ewc_samples, generator,
+                                   cfg.ewc_modules or anchored)
+            for name, value in part.items():
+                fisher[name] = fisher.get(name, 0) + value / len(sources)
+        fisher_bytes = sum(v.numel() * v.element_size() for v in fisher.values())
+        penalties.append(ewc_penalty(model, fisher, cfg.ewc))
+
+    replay_source = next((c for c in capabilities if c.replay_rows() is not None), None)
+    general = replay_source.replay_rows() if (cfg.replay_ratio and replay_source) else None
+    if cfg.replay_ratio and general is None:
+        raise ConfigError("replay needs general data: keep a perplexity: or accuracy: capability")
+    task_set = RowsDataset(rows)
+    general_set = RowsDataset(general) if general is not None else RowsDataset({"x": torch.zeros(0)})
+    sampler = MixingBatchSampler(len(task_set), len(general_set), cfg.batch_size, cfg.replay_ratio,
+                                 num_batches=cfg.steps, seed=cfg.seed)
+
+    optimizer = None
+    if cfg.layerwise_lr_decay < 1:
+        optimizer = layerwise_adamw(model, cfg.lr, cfg.layerwise_lr_decay, cfg.weight_decay)
+    scratch = tempfile.TemporaryDirectory(prefix="forgetless-trainer-")
+    args = TrainingArguments(
+        output_dir=scratch.name, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type="constant_with_warmup", logging_strategy="no", save_strategy="no",
+        report_to=[], disable_tqdm=True, remove_unused_columns=False, seed=cfg.seed,
+        data_seed=cfg.seed, use_cpu=device.type == "cpu", dataloader_num_workers=0,
+    )
+    guard = ForgettingCallback(tracker, cfg.stop_if_drop, listeners=listeners)
+    callbacks: list[Any] = [guard]
+    if cfg.unfreeze_every:
+        callbacks.append(GradualUnfreezing(cfg.unfreeze_every))
+    if on_step is not None:
+        callbacks.append(_StepCallback(on_step))
+    trainer = ForgetlessTrainer(
+        model=model, args=args, train_dataset=MixedDataset(task_set, general_set),
+        data_collator=SplitCollator(), callbacks=callbacks,
+        optimizers=(optimizer, None), penalties=penalties,
+        replay_loss=replay_source.replay_loss if general is not None else None,
+        mixing_sampler=sampler,
+    )
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    train_started = time.perf_counter()
+    trainer.train()
+    train_wall = time.perf_counter() - train_started
+    scratch.cleanup()
+
+    summary = guard.summary()
+    eval_seconds = sum(r["eval_seconds"] for r in tracker.history)
+    wall = time.perf_counter() - started
+    steps_done = guard.stopped_at if guard.stopped_at is not None else trainer.state.global_step
+    train_seconds = max(1e-6, train_wall - eval_seconds)
+    summary.update({
+        "run": "+".join(cfg.mitigations()),
+        "objective": objective,
+        "model": cfg.model,
+        "task_source": cfg.task,
+        "steps_trained": int(steps_done),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "tokens_per_second": trainer.state.global_step * cfg.batch_size * cfg.seq_len / train_seconds,
+        "fisher_bytes": fisher_bytes,
+        "wall_seconds": wall,
+        "config": cfg.model_dump(mode="json"),
+    })
+    if out is not None:
+        write_report({summary["run"]: summary}, Path(out))
+    summary["_model"] = model
+    summary["_tokenizer"] = tokenizer
+    return summary
+
+
+# -- report ----------------------------------------------------------------------------------
+def public(summary: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able part of a summary (drops the model and tokenizer)."""
+    return {k: v for k, v in summary.items() if not k.startswith("_")}
+
+
+def before_after_rows(summary: dict[str, Any]) -> list[tuple[str, str, float, float, float]]:
+    """``(name, metric, before, after, drop)`` for each capability, then the task."""
+    rows = [(name, c["metric"], c["before"], c["after"], c["drop"])
+            for name, c in summary["capabilities"].items()]
+    if "task" in summary:
+        task = summary["task"]
+        rows.append(("new task", task["metric"], task["before"], task["after"], float("nan")))
+    return rows
+
+
+def write_report(runs: dict[str, dict[str, Any]], out: Path) -> None:
+    """``forgetting.json``, ``before_after.csv`` and ``capability_curves.png`` in ``out``."""
+    from forgetless.io import atomic_write_json, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "forgetting.json", {name: public(s) for name, s in runs.items()})
+    lines = ["run,capability,metric,before,after,drop"]
+    for name, summary in runs.items():
+        for cap, metric, before, after, drop in before_after_rows(summary):
+            lines.append(f"{name},{cap},{metric},{before:.6g},{after:.6g},{drop:.6g}")
+    atomic_write_text(out / "before_after.csv", "\n".join(lines) + "\n")
+    plot_curves(runs, out / "capability_curves.png")
+
+
+def plot_curves(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    """One panel per capability (and the new task): metric over steps, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(runs.values()))
+    panels = [(name, c["metric"]) for name, c in first["capabilities"].items()]
+    if "task" in first:
+        panels.append(("new task", first["task"]["metric"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (panel, metric) in zip(axes[0], panels):
+        for run, summary in runs.items():
+            steps = summary["steps"]
+            curve = (summary["task"]["curve"] if panel == "new task"
+                     else summary["capabilities"][panel]["curve"])
+            ax.plot(steps, curve, marker="o", ms=3, label=run)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

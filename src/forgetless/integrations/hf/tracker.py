@@ -1,0 +1,122 @@
+"""Track every kept capability (and the new task's metric) over a fine-tune; summarise forgetting.
+
+The summary speaks the core's vocabulary: a before/after table (rows: before and after the
+fine-tune, columns: the capabilities and the new task, like the accuracy matrix ``R``), the
+drop of each capability, its backward transfer (``after - before``, sign flipped for perplexity
+so that negative always means forgotten;
+:func:`forgetless.metrics.backward_transfer` on that 2-row matrix) and its forgetting
+``max over evaluations - final`` (Chaudhry et al. 2018, eq. 2, taken over the evaluation points).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from forgetless.errors import ConfigError
+from forgetless.integrations.hf.capabilities import Capability
+from forgetless.metrics import backward_transfer
+
+
+class CapabilityTracker:
+    """Evaluates capabilities every ``eval_every`` steps and records their curves.
+
+    ``task`` (optional) is the new task's metric, recorded but never counted as forgetting.
+    """
+
+    def __init__(self, capabilities: list[Capability], task: Capability | None = None,
+                 eval_every: int = 50) -> None:
+        if not capabilities:
+            raise ConfigError("no capability to keep: give at least one --keep KIND:DATA")
+        names = [c.name for c in capabilities]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"capability names must be unique, got {names}")
+        if eval_every < 1:
+            raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
+        self.capabilities = capabilities
+        self.task = task
+        self.eval_every = eval_every
+        self.history: list[dict[str, Any]] = []
+        self.prepared = False
+
+    def prepare(self, model: nn.Module) -> None:
+        """Prepare every capability on the model before fine-tuning (once)."""
+        if not self.prepared:
+            for capability in [*self.capabilities, *([self.task] if self.task else [])]:
+                capability.prepare(model)
+            self.prepared = True
+
+    def due(self, step: int) -> bool:
+        return step % self.eval_every == 0
+
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, Any]:
+        """Evaluate all capabilities (and the task), append the record and return it."""
+        self.prepare(model)
+        start = time.perf_counter()
+        scores = {c.name: c.evaluate(model) for c in self.capabilities}
+        record: dict[str, Any] = {"step": int(step), "scores": scores}
+        record["task"] = self.task.evaluate(model) if self.task is not None else None
+        before = self.history[0]["scores"] if self.history else scores
+        record["drops"] = {c.name: c.drop(before[c.name], scores[c.name]) for c in self.capabilities}
+        record["eval_seconds"] = time.perf_counter() - start
+        self.history.append(record)
+        return record
+
+    @property
+    def before(self) -> dict[str, Any]:
+        return self.history[0]
+
+    @property
+    def after(self) -> dict[str, Any]:
+        return self.history[-1]
+
+    @staticmethod
+    def max_drop(record: dict[str, Any]) -> tuple[str, float]:
+        name = max(record["drops"], key=record["drops"].get)
+        return name, record["drops"][name]
+
+    def summary(self, final: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Before/after per capability, drop, BWT-style change and forgetting over the curve."""
+        if not self.history:
+            raise RuntimeError("no evaluation recorded yet")
+        final = final or self.after
+        out: dict[str, Any] = {"capabilities": {}, "steps": [r["step"] for r in self.history]}
+        for capability in self.capabilities:
+            name = capability.name
+            curve = [r["scores"][name] for r in self.history]
+            before, after = curve[0], final["scores"][name]
+            best = max(curve) if capability.higher_is_better else min(curve)
+            sign = 1.0 if capability.higher_is_better else -1.0
+            matrix = np.array([[before, 0.0], [after, 0.0]]) * sign
+            out["capabilities"][name] = {
+                "metric": capability.metric,
+                "higher_is_better": capability.higher_is_better,
+                "before": before,
+                "after": after,
+                "drop": capability.drop(before, after),
+                "max_drop": max(capability.drop(before, v) for v in curve),
+                "bwt": backward_transfer(matrix),  # negative = forgotten
+                "forgetting": capability.drop(best, after),
+                "curve": curve,
+            }
+        if self.task is not None:
+            task_curve = [r["task"] for r in self.history]
+            out["task"] = {"metric": self.task.metric, "name": self.task.name,
+                           "before": task_curve[0], "after": final["task"], "curve": task_curve}
+        drops = [v["drop"] for v in out["capabilities"].values()]
+        out["mean_drop"] = float(np.mean(drops))
+        out["worst_drop"] = float(np.max(drops))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "prepared": self.prepared,
+                "capabilities": {c.name: c.state_dict() for c in self.capabilities}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state["history"])
+        self.prepared = bool(state["prepared"])
+        for capability in self.capabilities:
+            capability.load_state_dict(state["capabilities"].get(capability.name, {}))

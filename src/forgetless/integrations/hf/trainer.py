@@ -1,0 +1,83 @@
+"""A ``transformers.Trainer`` mixin that adds anchored penalties and replay to the loss.
+
+``loss = (n_task * L_task + n_replay * L_replay) / (n_task + n_replay) + sum_k penalty_k(model)``
+
+where the replay rows come from a :class:`~forgetless.integrations.hf.mixing.MixingBatchSampler`
+(split off by :class:`~forgetless.integrations.hf.mixing.SplitCollator`) and ``L_replay`` is the
+kept capability's own loss (LM loss on general text, or CE through a fixed head). Penalties are
+:class:`forgetless.strategies._penalty.AnchoredPenalty` objects (see ``penalties.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import Trainer
+
+from forgetless.integrations.hf.mixing import MixingBatchSampler
+from forgetless.strategies._penalty import AnchoredPenalty
+
+ReplayLoss = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def _rows(batch: dict[str, Any]) -> int:
+    return int(next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0])
+
+
+class ForgettingTrainerMixin:
+    """Put before ``Trainer`` in the bases: ``class MyTrainer(ForgettingTrainerMixin, Trainer)``.
+
+    Keyword arguments: ``penalties`` (list of ``AnchoredPenalty``), ``replay_loss`` (loss of a
+    replay sub-batch), ``mixing_sampler`` (batch sampler of the training set).
+    """
+
+    def __init__(self, *args: Any, penalties: list[AnchoredPenalty] | None = None,
+                 replay_loss: ReplayLoss | None = None,
+                 mixing_sampler: MixingBatchSampler | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.penalties = list(penalties or [])
+        self.replay_loss = replay_loss
+        self.mixing_sampler = mixing_sampler
+        self.last_penalty = 0.0
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.mixing_sampler is None:
+            return super().get_train_dataloader()  # type: ignore[misc]
+        loader = DataLoader(self.train_dataset, batch_sampler=self.mixing_sampler,
+                            collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers)
+        return self.accelerator.prepare(loader)
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+        parent = super().compute_loss  # type: ignore[misc]
+        if "task" in inputs:  # a SplitCollator batch
+            task, replay = inputs["task"], inputs.get("replay")
+            loss, outputs = parent(model, task, return_outputs=True)
+            if replay is not None:
+                if self.replay_loss is None:
+                    raise RuntimeError("a batch holds replay rows but no replay_loss was given")
+                n_task, n_replay = _rows(task), _rows(replay)
+                loss = (n_task * loss + n_replay * self.replay_loss(model, replay)) / (n_task + n_replay)
+            scaled = False
+        else:
+            loss, outputs = parent(model, inputs, return_outputs=True,
+                                   num_items_in_batch=num_items_in_batch)
+            scaled = (getattr(self, "model_accepts_loss_kwargs", False)
+                      and num_items_in_batch is not None)
+        if self.penalties:
+            target = self.model  # unwrapped: names match the anchors under DDP too
+            penalty = sum(p.penalty(target) for p in self.penalties)
+            if scaled:  # the Trainer will not divide by the accumulation steps: do it here
+                penalty = penalty / getattr(self, "current_gradient_accumulation_steps", 1)
+            self.last_penalty = float(penalty.detach())
+            loss = loss + penalty
+        return (loss, outputs) if return_outputs else loss
+
+
+class ForgetlessTrainer(ForgettingTrainerMixin, Trainer):
+    """``transformers.Trainer`` with forgetless penalties and replay."""
