@@ -74,12 +74,16 @@ class RunConfig(BaseModel):
         return names
 
 
+def _plain(name: str) -> bool:
+    return bool(name) and name.isprintable() and not any(c.isspace() for c in name)
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One line naming each bad field and what it must be."""
     parts = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "config"
-        parts.append(f"{field}: {item['msg']}")
+        field = ".".join(p if _plain(p) else repr(p) for p in map(str, item["loc"])) or "config"
+        parts.append(f"{field}: {' '.join(item['msg'].split())}")
     return "invalid configuration: " + "; ".join(parts)
 
 

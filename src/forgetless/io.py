@@ -5,7 +5,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as error:
         raise _output_error(path, error) from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are for sharing
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -33,12 +37,94 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def fsync_folder(path: Path) -> None:
+    """Flush a folder's entries (renames) to disk where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def previous_folder(path: Path) -> Path:
+    """Where :func:`atomic_folder` keeps the previous version of ``path`` during a swap."""
+    return path.with_name(f".{path.name}.prev")
+
+
+def readable_folder(path: Path) -> Path | None:
+    """The complete version of a folder written by :func:`atomic_folder`, or ``None``.
+
+    ``path`` itself when present; otherwise the previous version left by a crash between the
+    two renames of a swap.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return path
+    previous = previous_folder(path)
+    return previous if previous.is_dir() else None
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Write a folder atomically: fill the yielded temporary folder, it then replaces ``path``.
+
+    A folder is complete or absent: the new version is written beside the old one, fsynced,
+    and swapped in with renames; the previous version is deleted only once the new one is in
+    place (:func:`readable_folder` finds whichever is complete after a crash mid-swap).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    previous = previous_folder(path)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    except OSError as error:
+        raise _output_error(tmp, error) from None
+    try:
+        yield tmp
+        fsync_folder(tmp)
+        if path.is_dir():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(path, previous)
+        os.replace(tmp, path)
+        fsync_folder(path.parent)
+        shutil.rmtree(previous, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _output_error(path, error) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file and fsync it (for files inside an :func:`atomic_folder`)."""
+    try:
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise _output_error(Path(path), error) from None
 
 
 def _output_error(path: Path, error: OSError) -> OutputError:

@@ -21,7 +21,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+if not console.is_terminal:  # logs and pipes: wide enough for the summary table
+    console = Console(width=120)
 errors = Console(stderr=True)
+
+
+_RUN_DIR: list[Path | None] = [None]
+"""The run folder of the current ``forgetless run`` (for the resume hint after Ctrl-C)."""
 
 
 def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -84,8 +90,15 @@ def run(
     out: Optional[Path] = typer.Option(None, help="results folder (default: runs/<name>-<time>)"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing results folder"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="continue the run in this folder from its last checkpoint"
+    ),
 ) -> None:
-    """Train strategies on a continual-learning benchmark and report forgetting."""
+    """Train strategies on a continual-learning benchmark and report forgetting.
+
+    Exit codes: 0 done, 1 internal error, 2 bad input / data / output / NaN loss,
+    130 interrupted (a checkpoint was saved: continue with --resume).
+    """
     from forgetless.config import load_config_file, make_config
 
     values: dict[str, Any] = load_config_file(config) if config else {}
@@ -93,7 +106,7 @@ def run(
         "benchmark": benchmark, "scenario": scenario, "strategies": _split_list(strategies),
         "seeds": seeds, "seed": seed, "tasks": tasks, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "optimizer": optimizer, "model": model,
-        "hidden": [int(h) for h in _split_list(hidden)] if hidden else None,
+        "hidden": _parse_widths(hidden),
         "buffer_size": buffer_size, "validation": validation,
         "layerwise_lr_decay": layerwise_lr_decay, "warmup_steps": warmup_steps,
         "lr_schedule": lr_schedule, "unfreeze_every": unfreeze_every,
@@ -109,20 +122,82 @@ def run(
         for name, extra in parse_assignments(set_).items():
             merged[name] = {**merged.get(name, {}), **extra}
         values["params"] = merged
+    if resume is not None:
+        _run(_resume_config(resume, values), force=False, quiet=quiet, resume=True)
+        return
     cfg = make_config(**values)
     _run(cfg, force=force, quiet=quiet)
 
 
-def _run(cfg, force: bool, quiet: bool) -> None:
-    from forgetless.io import prepare_run_dir
+def _parse_widths(hidden: str | None) -> list[int] | None:
+    if not hidden:
+        return None
+    try:
+        return [int(h) for h in _split_list(hidden) or []]
+    except ValueError:
+        raise ConfigError(
+            f"--hidden {hidden!r} must be comma-separated integers, e.g. 400,400"
+        ) from None
+
+
+def _resume_config(folder: Path, given: dict[str, Any]):
+    """The saved config of run folder ``folder``; flags may repeat it but not contradict it."""
+    from forgetless.config import load_config_file, make_config
+    from forgetless.training.checkpoint import config_differences
+    from forgetless.training.experiment import resolve
+
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(
+            f"--resume {folder}: no config.yaml there; give the folder of a forgetless run"
+        )
+    saved = resolve(make_config(**load_config_file(folder / "config.yaml")))
+    if given.get("out") is not None and Path(given["out"]).resolve() != folder.resolve():
+        raise ConfigError(f"--resume {folder} continues in that folder: drop --out {given['out']}")
+    values = saved.model_dump()
+    params = {k: dict(v) for k, v in (values.get("params") or {}).items()}
+    for name, extra in (given.get("params") or {}).items():
+        params[name] = {**params.get(name, {}), **extra}
+    values.update({k: v for k, v in given.items() if k != "params"})
+    values.update(params=params, out=folder)
+    candidate = resolve(make_config(**values))
+    differences = config_differences(
+        saved.model_dump(mode="json"), candidate.model_dump(mode="json")
+    )
+    if differences:
+        raise ConfigError(
+            f"cannot resume {folder} with other settings ({'; '.join(differences)}): "
+            "drop those flags (the saved config is used), or start a new run with another --out"
+        )
+    return candidate
+
+
+def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
+    from forgetless.config import dump_config
+    from forgetless.errors import OutputError
+    from forgetless.io import atomic_write_text, prepare_run_dir
     from forgetless.reports.results import save_experiment
     from forgetless.reports.table import summary_table
+    from forgetless.training.checkpoint import (
+        Interrupted,
+        RunInterrupted,
+        load_checkpoint,
+        remove_checkpoint,
+    )
     from forgetless.training.experiment import default_out_dir, resolve, run_experiment
 
     cfg = resolve(cfg)
     out = cfg.out or default_out_dir(cfg)
     cfg = cfg.model_copy(update={"out": out})
-    prepare_run_dir(out, force=force)
+    if resume:
+        saved = load_checkpoint(out)
+        if saved is not None and not quiet:
+            console.print(f"resuming {out} from {saved.where()}")
+        prepare_run_dir(out, force=True)  # exists: check it is still writable
+    else:
+        prepare_run_dir(out, force=force)
+        remove_checkpoint(out)  # a --force run never resumes from an older run's checkpoint
+        atomic_write_text(out / "config.yaml", dump_config(cfg))  # --resume needs it at once
+    _RUN_DIR[0] = out
 
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -150,8 +225,23 @@ def _run(cfg, force: bool, quiet: bool) -> None:
     def save(result) -> None:
         save_experiment(result, out, plots_too=False)
 
-    with progress:
-        result = run_experiment(cfg, progress=make_callback, on_run_done=save)
+    try:
+        with progress:
+            result = run_experiment(
+                cfg, progress=make_callback, on_run_done=save, run_dir=out, resume=resume
+            )
+    except OutputError as error:
+        raise OutputError(
+            f"{error} (results up to the last checkpoint are kept: fix this, then "
+            f"`forgetless run --resume {out}`)"
+        ) from None
+    except KeyboardInterrupt as interrupt:  # click turns a KeyboardInterrupt into a silent abort
+        if isinstance(interrupt, RunInterrupted):
+            raise Interrupted(str(interrupt)) from None
+        raise Interrupted(
+            f"results of finished runs and the last checkpoint are in {out}; "
+            f"continue with `forgetless run --resume {out}`"
+        ) from None
     save_experiment(result, out)
     console.print(summary_table(result))
     console.print(f"results in [bold]{out}[/] (metrics.json, accuracy_matrix.csv, *.png)")
@@ -194,32 +284,67 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(exit, usage error, abort) classes of click and of the click copy that typer vendors."""
+    import click
+
+    exits: list[type] = [click.exceptions.Exit, typer.Exit]
+    usage: list[type] = [click.ClickException]
+    aborts: list[type] = [click.exceptions.Abort, typer.Abort]
+    try:
+        from typer._click import exceptions as vendored
+
+        exits += [c for c in (getattr(vendored, "Exit", None),) if c is not None]
+        usage.append(vendored.ClickException)
+        aborts += [c for c in (getattr(vendored, "Abort", None),) if c is not None]
+    except ImportError:  # typer versions that use click itself
+        pass
+    return tuple(exits), tuple(usage), tuple(aborts)
+
+
+def _interrupt_hint() -> str:
+    if _RUN_DIR[0] is None:
+        return "nothing was computed yet"
+    return (
+        f"results of finished runs and the last checkpoint are in {_RUN_DIR[0]}; "
+        f"continue with `forgetless run --resume {_RUN_DIR[0]}`"
+    )
+
+
 def main() -> None:
     """Entry point: one clear line and a non-zero exit code for every user error."""
     try:
         app(standalone_mode=False)
     except ForgetlessError as error:
-        errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        kind = "interrupted" if error.exit_code == 130 else "error"
+        errors.print(f"[bold red]{kind}:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        errors.print("[bold red]interrupted[/]: results of finished runs are in the results folder")
+    except KeyboardInterrupt as interrupt:
+        from forgetless.training.checkpoint import RunInterrupted
+
+        message = str(interrupt) if isinstance(interrupt, RunInterrupted) else _interrupt_hint()
+        errors.print(f"[bold red]interrupted[/]: {message}", highlight=False, soft_wrap=True)
         sys.exit(130)
     except Exception as error:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(error, click.exceptions.Exit):
+        exits, usage_errors, aborts = _click_exceptions()
+        if isinstance(error, exits):
             sys.exit(error.exit_code)
-        if isinstance(error, click.ClickException):
-            errors.print(f"[bold red]error:[/] {error.format_message()} (see --help)", highlight=False)
+        if isinstance(error, usage_errors):
+            message = " ".join(error.format_message().split())
+            errors.print(f"[bold red]error:[/] {message} (see --help)", highlight=False,
+                         soft_wrap=True)
             sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Abort):
-            sys.exit(1)
+        if isinstance(error, aborts):  # click's form of a KeyboardInterrupt outside training
+            errors.print(f"[bold red]interrupted[/]: {_interrupt_hint()}", highlight=False,
+                         soft_wrap=True)
+            sys.exit(130)
         if os.environ.get("FORGETLESS_DEBUG"):
             raise
         errors.print(
             f"[bold red]internal error:[/] {type(error).__name__}: {error} "
             "(set FORGETLESS_DEBUG=1 for the traceback and report it)",
             highlight=False,
+            soft_wrap=True,
         )
         sys.exit(1)
 

@@ -59,7 +59,8 @@ class Batch:
 
     def concat(self, other: Batch) -> Batch:
         """This batch followed by ``other`` (task ids become a tensor when they differ)."""
-        if isinstance(self.task_ids, int) and self.task_ids == other.task_ids:
+        same_int = isinstance(self.task_ids, int) and isinstance(other.task_ids, int)
+        if same_int and self.task_ids == other.task_ids:
             task_ids: torch.Tensor | int | None = self.task_ids
         elif self.task_ids is None and other.task_ids is None:
             task_ids = None

@@ -1,14 +1,18 @@
 """An experiment: every strategy combination x every seed on one benchmark, results saved.
 
 Results are written after every finished run, so a failure later in the experiment never loses
-what was already computed.
+what was already computed. With a run folder, checkpoints are written after every task and every
+``config.checkpoint_every`` steps, and ``resume=True`` continues exactly from the last one.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -16,9 +20,12 @@ import torch
 from forgetless.config import RunConfig
 from forgetless.data.benchmarks import build_scenario, get_benchmark
 from forgetless.data.scenarios import Scenario, validation_split
+from forgetless.errors import ConfigError, NumericalError
+from forgetless.io import atomic_write_json
 from forgetless.metrics import summarize
 from forgetless.models import build_model
 from forgetless.strategies import make_strategies
+from forgetless.training import checkpoint as ckpt
 from forgetless.training.learner import Learner, Progress, RunResult
 from forgetless.training.schedules import schedule_strategies
 
@@ -95,7 +102,8 @@ class ExperimentResult:
                 metrics = summarize(run.matrix, run.baseline, self.joint_reference(i))
                 metrics["wall_seconds"] = run.wall_seconds
                 per_seed.append(metrics)
-            keys = per_seed[0].keys()
+            # a metric counts only where every seed has it (intransigence needs joint's seed)
+            keys = [k for k in per_seed[0] if all(k in m for m in per_seed)]
             out[name] = {
                 k: {
                     "mean": float(np.mean([m[k] for m in per_seed])),
@@ -109,34 +117,164 @@ class ExperimentResult:
 RunDone = Callable[[ExperimentResult], None]
 
 
+def check_device(name: str) -> None:
+    """A one-line ConfigError for a device that is malformed or not present on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+        return
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise ConfigError(f"--device {name!r} is not available here: use cpu or cuda")
+
+
 def run_experiment(
     config: RunConfig,
     progress: Callable[[str, int], Progress] | None = None,
     on_run_done: RunDone | None = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
 ) -> ExperimentResult:
     """Run every combination in ``config.strategies`` for ``config.seeds`` seeds.
 
     ``progress(combination, seed)`` returns the per-step progress callback of that run;
     ``on_run_done(result)`` is called after every run (the CLI saves results there).
+    With ``run_dir``, a checkpoint (``run_dir/checkpoint``) is written after every task and
+    every ``config.checkpoint_every`` steps, and Ctrl-C saves one before stopping; ``resume``
+    continues from it exactly, without rerunning finished (combination, seed) runs.
     """
     config = resolve(config)
+    check_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     # validate every name before training anything
     for combination in config.strategies:
         make_strategies(combination, config.params, {"buffer_size": config.buffer_size}, config.scenario)
+    saved, finished = _resume_point(config, run_dir) if (run_dir and resume) else (None, {})
     result = ExperimentResult(config)
+    records: list[dict] = []
+    """Exact records of the runs finished so far (every checkpoint carries them)."""
     for offset in range(config.seeds):
         seed = config.seed + offset
-        scenario = load_scenario(config, seed)
+        scenario: Scenario | None = None
         for combination in config.strategies:
-            learner = build_learner(config, scenario, combination, seed)
-            callback = progress(combination, seed) if progress is not None else None
-            run = learner.run(callback)
+            key = (combination, seed)
+            if key in finished and not (saved is not None and saved.run == key):
+                run = finished[key]
+            else:
+                scenario = scenario or load_scenario(config, seed)
+                learner = build_learner(config, scenario, combination, seed)
+                if saved is not None and saved.run == key:
+                    learner.load_checkpoint(saved.learner)
+                if run_dir is not None:
+                    learner.on_checkpoint = _checkpoint_writer(run_dir, config, key, records)
+                callback = progress(combination, seed) if progress is not None else None
+                run = _train(learner, callback, run_dir)
+            records.append(ckpt.run_record(run))
             result.runs.setdefault(combination, []).append(run)
             if on_run_done is not None:
                 on_run_done(result)
     return result
+
+
+def _resume_point(
+    config: RunConfig, run_dir: Path
+) -> tuple[ckpt.Checkpoint | None, dict[tuple[str, int], RunResult]]:
+    """The checkpoint of ``run_dir`` (checked against ``config``) and the runs already finished."""
+    saved = ckpt.load_checkpoint(run_dir)
+    finished = {(r.strategy, r.seed): r for r in ckpt.runs_from_metrics(run_dir)}
+    if saved is None:
+        return None, finished
+    differences = ckpt.config_differences(saved.config, config.model_dump(mode="json"))
+    if differences:
+        raise ckpt.CheckpointError(
+            f"cannot resume {run_dir}: its checkpoint was made with another config ("
+            + "; ".join(differences)
+            + "): resume without changing these, or start a new run with another --out"
+        )
+    for record in saved.completed:  # exact values (metrics.json rounds them)
+        run = ckpt.run_from_record(record)
+        finished[(run.strategy, run.seed)] = run
+    return saved, finished
+
+
+def _checkpoint_writer(
+    run_dir: Path, config: RunConfig, key: tuple[str, int], records: list[dict]
+) -> Callable[[dict], None]:
+    config_values = config.model_dump(mode="json")
+
+    def write(state: dict) -> None:
+        experiment = {
+            "run": {"strategy": key[0], "seed": key[1]},
+            "completed": list(records),
+            "config": config_values,
+        }
+        ckpt.save_checkpoint(run_dir, state.pop("model"), state, experiment)
+
+    return write
+
+
+def _train(learner: Learner, callback: Progress | None, run_dir: Path | None) -> RunResult:
+    """``learner.run`` with Ctrl-C turned into a checkpoint and NaN losses into kept results."""
+    try:
+        with _checkpoint_on_interrupt(learner, enabled=run_dir is not None):
+            return learner.run(callback)
+    except ckpt.RunInterrupted as error:
+        raise ckpt.RunInterrupted(
+            f"{error} (seed {learner.seed}): checkpoint saved in {run_dir}; "
+            f"continue with `forgetless run --resume {run_dir}`"
+        ) from None
+    except NumericalError as error:
+        if run_dir is None:
+            raise
+        kept = []
+        if (Path(run_dir) / "metrics.json").is_file():
+            kept.append(f"finished runs are in {Path(run_dir) / 'metrics.json'}")
+        if learner.rows:
+            partial = Path(run_dir) / "partial_run.json"
+            atomic_write_json(partial, {
+                "strategy": learner.name,
+                "seed": learner.seed,
+                "error": str(error),
+                "accuracy_matrix": [row.round(6).tolist() for row in learner.rows],
+                "random_init_accuracy": learner.result.baseline.round(6).tolist(),
+            })
+            kept.append(f"this run's finished tasks in {partial}")
+        if ckpt.load_checkpoint(run_dir) is not None:
+            kept.append(f"the last good checkpoint in {Path(run_dir) / ckpt.CHECKPOINT}")
+        raise NumericalError("; ".join([str(error), *kept])) from None
+
+
+@contextmanager
+def _checkpoint_on_interrupt(learner: Learner, enabled: bool) -> Iterator[None]:
+    """While training, the first Ctrl-C asks for a checkpoint; a second one stops at once."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:  # ignored or handled by the caller
+        yield
+        return
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        learner.request_interrupt()
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def default_out_dir(config: RunConfig, root: Path = Path("runs")) -> Path:

@@ -4,14 +4,23 @@ The hot loop works on in-memory tensors only: a seeded permutation is split into
 batches, each batch is sliced from the task's compact tensors and scaled to floats. Strategies
 contribute through the hooks of :class:`~forgetless.strategies.base.Strategy`; the learner only
 calls the hooks a strategy overrides, so a plain run costs what a hand-written loop costs.
+
+Checkpoints (:mod:`forgetless.training.checkpoint`) are taken after every task and every
+``config.checkpoint_every`` steps; the loop checks one integer per step for them. A learner
+restored with :meth:`Learner.load_checkpoint` replays exactly the batches the uninterrupted run
+would have seen (same permutation, same position, same generator state).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,11 +32,34 @@ from forgetless.data.scenarios import Scenario
 from forgetless.errors import NumericalError
 from forgetless.models.heads import IncrementalHead
 from forgetless.strategies.base import Batch, Strategy, TrainingContext, TrainingSet
+from forgetless.training import checkpoint as ckpt
 from forgetless.training.evaluation import task_accuracies
 from forgetless.training.optim import build_optimizer, build_scheduler
 
 Progress = Callable[[int, int, int], None]
 """``progress(task_index, step, steps_in_task)``, called after every optimizer step."""
+
+OnCheckpoint = Callable[[dict[str, Any]], None]
+"""``on_checkpoint(state)``: persist :meth:`Learner.checkpoint_state` (the experiment does)."""
+
+_NEVER = sys.maxsize
+_process_steps = [0]
+"""Optimizer steps finished by the learners of this process before the current one (test hook)."""
+
+
+@dataclass
+class _ResumePoint:
+    """Where a mid-task checkpoint stopped: the rest of the task is replayed from here."""
+
+    task_index: int
+    epoch: int
+    position: int
+    """Index of the next batch in the epoch's permutation."""
+    order: torch.Tensor
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    rng: dict[str, Any]
+    elapsed: float
 
 _HOOKS = (
     "training_set",
@@ -99,6 +131,16 @@ class Learner:
         self.hooks = {h: [s for s in strategies if type(s).overrides(h)] for h in _HOOKS}
         self.rows: list[np.ndarray] = []
         self.result = RunResult(self.name, seed, np.zeros((0, 0)), np.zeros(0))
+        self.on_checkpoint: OnCheckpoint | None = None
+        """Set by the experiment: called with the state after every task and every
+        ``config.checkpoint_every`` steps."""
+        self._restored = False
+        self._resume: _ResumePoint | None = None
+        self._interrupted = False
+        self._next_event = _NEVER
+        self._kill_at = _NEVER
+        self._kill_signal = signal.SIGKILL
+        self._read_test_hooks()
 
     @property
     def model(self) -> nn.Module:
@@ -126,13 +168,27 @@ class Learner:
 
     # -- training ------------------------------------------------------------------------
     def run(self, progress: Progress | None = None) -> RunResult:
-        """Train every task in order; after each, evaluate every task. Returns the result."""
+        """Train every task in order; after each, evaluate every task. Returns the result.
+
+        A learner restored with :meth:`load_checkpoint` continues where the checkpoint was taken.
+        """
         scenario = self.scenario
-        self._set_active_outputs(scenario.active_outputs[0] if scenario.active_outputs else None)
-        self.result.baseline = self.evaluate()
-        for task_index in range(len(self.rows), scenario.num_tasks):
-            self.train_task(task_index, progress)
+        first_step = self.ctx.global_step
+        if not self._restored:
+            first = scenario.active_outputs[0] if scenario.active_outputs else None
+            self._set_active_outputs(first)
+            self.result.baseline = self.evaluate()
+        try:
+            for task_index in range(len(self.rows), scenario.num_tasks):
+                self.train_task(task_index, progress)
+        finally:
+            _process_steps[0] += self.ctx.global_step - first_step
         return self.result
+
+    def request_interrupt(self) -> None:
+        """Ask for a checkpoint after the current step, then :class:`RunInterrupted` (Ctrl-C)."""
+        self._interrupted = True
+        self._next_event = 0
 
     def _active_outputs_for(self, task_index: int, data: TrainingSet) -> int | None:
         scenario = self.scenario
@@ -149,30 +205,44 @@ class Learner:
         """Train task ``task_index`` with every strategy's contribution, then evaluate."""
         ctx, config, scenario = self.ctx, self.config, self.scenario
         task = scenario.tasks[task_index]
-        ctx.task_index, ctx.step, ctx.epoch = task_index, 0, 0
-        for strategy in self.strategies:
-            strategy.before_task(ctx)
+        resume, self._resume = self._resume, None
+        if resume is None:
+            ctx.task_index, ctx.step, ctx.epoch = task_index, 0, 0
+            for strategy in self.strategies:
+                strategy.before_task(ctx)
         data = TrainingSet(task.train_x, task.train_y, ctx.task_id(task_index))
         for strategy in self.hooks["training_set"]:
             data = strategy.training_set(ctx, data)
-        self._set_active_outputs(self._active_outputs_for(task_index, data))
+        if resume is None:
+            self._set_active_outputs(self._active_outputs_for(task_index, data))
 
-        started = time.perf_counter()
+        started = time.perf_counter() - (resume.elapsed if resume else 0.0)
         epochs = config.epochs or 1
         n = len(data)
         steps_per_epoch = math.ceil(n / config.batch_size) if n else 0
         total = epochs * steps_per_epoch
         optimizer = build_optimizer(self.model, config)
         scheduler = build_scheduler(optimizer, config, total)
+        if resume is not None:
+            self._restore_task(resume, optimizer, scheduler)
+        self._schedule_next_event()
         stop = False
         self.model.train()
-        for epoch in range(epochs if n else 0):
+        for epoch in range(resume.epoch if resume else 0, epochs if n else 0):
             ctx.epoch = epoch
-            order = torch.randperm(n, generator=self.generator).to(data.y.device)
-            for index in order.split(config.batch_size):
-                stop = self._step(data, index, optimizer, scheduler)
+            if resume is not None:
+                order, start, resume = resume.order.to(data.y.device), resume.position, None
+            else:
+                order, start = torch.randperm(n, generator=self.generator).to(data.y.device), 0
+            batches = order.split(config.batch_size)
+            for position in range(start, len(batches)):
+                stop = self._step(data, batches[position], optimizer, scheduler)
                 if progress is not None:
                     progress(task_index, ctx.step, total)
+                if ctx.global_step >= self._next_event:  # the only per-step cost of checkpoints
+                    self._step_event(
+                        epoch, position + 1, order, optimizer, scheduler, started, stop
+                    )
                 if stop:
                     self.result.stopped_early[task_index] = ctx.step
                     break
@@ -187,6 +257,176 @@ class Learner:
         self.rows.append(self.evaluate())
         self.result.eval_seconds += time.perf_counter() - started
         self._finish_matrix()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.checkpoint_state())
+        if self._interrupted:
+            raise ckpt.RunInterrupted(f"Ctrl-C after task {task_index} of {self.name}")
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _read_test_hooks(self) -> None:
+        """Test-only fault injection (see :data:`checkpoint.KILL_AT_STEP_ENV`); off by default."""
+        wanted = os.environ.get(ckpt.KILL_AT_STEP_ENV)
+        if wanted:
+            self._kill_at = int(wanted) - _process_steps[0] + self.ctx.global_step
+            if os.environ.get(ckpt.KILL_SIGNAL_ENV, "KILL").upper() == "INT":
+                self._kill_signal = signal.SIGINT
+
+    def _schedule_next_event(self) -> None:
+        """The global step at which the loop must next look up: checkpoint, interrupt, test."""
+        ctx, every = self.ctx, self.config.checkpoint_every
+        candidates = [self._kill_at] if self._kill_at > ctx.global_step else []
+        if every and self.on_checkpoint is not None:
+            candidates.append(ctx.global_step + every - ctx.step % every)
+        self._next_event = min(candidates, default=_NEVER)
+        if self._interrupted:
+            self._next_event = 0
+
+    def _step_event(
+        self,
+        epoch: int,
+        position: int,
+        order: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        started: float,
+        stop: bool,
+    ) -> None:
+        """A mid-task checkpoint (every ``checkpoint_every`` steps, or on Ctrl-C)."""
+        ctx, every = self.ctx, self.config.checkpoint_every
+        if ctx.global_step == self._kill_at:
+            self._kill_at = _NEVER
+            os.kill(os.getpid(), self._kill_signal)
+        due = self._interrupted or bool(every and ctx.step % every == 0)
+        # a step that stopped the task is followed at once by the end-of-task checkpoint
+        if due and not stop and self.on_checkpoint is not None:
+            loop = {"epoch": epoch, "position": position, "elapsed": time.perf_counter() - started}
+            self.on_checkpoint(self.checkpoint_state(loop, order, optimizer, scheduler))
+            if self._interrupted:
+                raise ckpt.RunInterrupted(
+                    f"Ctrl-C at task {ctx.task_index}, step {ctx.step} of {self.name}"
+                )
+        self._schedule_next_event()
+
+    def checkpoint_state(
+        self,
+        in_task: dict[str, Any] | None = None,
+        order: torch.Tensor | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (tensors and JSON values).
+
+        Between tasks (``in_task`` None) the next task starts afresh; inside a task the epoch,
+        the epoch's permutation ``order``, the next batch's position and the optimizer and
+        schedule states are kept too.
+        """
+        ctx, result = self.ctx, self.result
+        loop: dict[str, Any] = {
+            "task_index": ctx.task_index if in_task else len(self.rows),
+            "in_task": in_task is not None,
+            "step": ctx.step,
+            "global_step": ctx.global_step,
+            "active": getattr(self, "_active", None),
+            "trainable": [p.requires_grad for p in self.model.parameters()],
+            **(in_task or {}),
+        }
+        return {
+            "model": self.model.state_dict(),
+            "strategy_names": [s.name for s in self.strategies],
+            "strategies": [s.state_dict() for s in self.strategies],
+            "optimizer": None if optimizer is None else {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+            },
+            "loop": loop,
+            "order": order,
+            "rng": ckpt.capture_rng(self.generator),
+            "extras": dict(ctx.extras),
+            "result": {
+                "baseline": torch.from_numpy(np.asarray(result.baseline, dtype=np.float64)),
+                "rows": [torch.from_numpy(np.asarray(r, dtype=np.float64)) for r in self.rows],
+                "train_seconds": list(result.train_seconds),
+                "eval_seconds": result.eval_seconds,
+                "steps": list(result.steps),
+                "stopped_early": [[k, v] for k, v in result.stopped_early.items()],
+            },
+        }
+
+    def load_checkpoint(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`checkpoint_state` into this freshly built learner; ``run()`` goes on.
+
+        Strategies are restored first (an architecture method may rebuild its model from its
+        state), then the model weights; the RNG states last, when the loop resumes.
+        """
+        names = [s.name for s in self.strategies]
+        if state.get("strategy_names") != names:
+            raise ckpt.CheckpointError(
+                f"checkpoint holds strategies {state.get('strategy_names')}, this run has {names}"
+            )
+        try:
+            for strategy, strategy_state in zip(self.strategies, state["strategies"]):
+                strategy.load_state_dict(strategy_state)
+            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+            if missing or unexpected:
+                raise ckpt.CheckpointError(
+                    f"checkpoint weights do not fit the model of {self.name} (missing "
+                    f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+                )
+            loop, result = state["loop"], state["result"]
+            for param, trainable in zip(self.model.parameters(), loop["trainable"]):
+                param.requires_grad_(trainable)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise ckpt.CheckpointError(
+                f"checkpoint state does not fit {self.name}: {type(error).__name__}: {error}"
+            ) from None
+        ctx = self.ctx
+        ctx.task_index, ctx.step = loop["task_index"], loop["step"]
+        ctx.global_step, ctx.epoch = loop["global_step"], loop.get("epoch", 0)
+        ctx.extras.update(state.get("extras") or {})
+        if loop["active"] is not None:
+            self._active = loop["active"]
+            self._set_active_outputs(self._active)
+        self.result.baseline = result["baseline"].numpy()
+        self.rows = [row.numpy() for row in result["rows"]]
+        self.result.train_seconds = list(result["train_seconds"])
+        self.result.eval_seconds = float(result["eval_seconds"])
+        self.result.steps = list(result["steps"])
+        self.result.stopped_early = {int(k): int(v) for k, v in result["stopped_early"]}
+        if self.rows:
+            self._finish_matrix()
+        self._restored = True
+        self._read_test_hooks()
+        if loop["in_task"]:
+            optimizer = state["optimizer"] or {}
+            self._resume = _ResumePoint(
+                task_index=loop["task_index"],
+                epoch=loop["epoch"],
+                position=loop["position"],
+                order=state["order"],
+                optimizer=optimizer.get("optimizer"),
+                scheduler=optimizer.get("scheduler"),
+                rng=state["rng"],
+                elapsed=float(loop["elapsed"]),
+            )
+        else:
+            ckpt.restore_rng(state["rng"], self.generator)
+
+    def _restore_task(
+        self,
+        resume: _ResumePoint,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    ) -> None:
+        """Put a rebuilt task's optimizer, schedule and RNGs back where the checkpoint was."""
+        try:
+            optimizer.load_state_dict(resume.optimizer)
+            if scheduler is not None and resume.scheduler is not None:
+                scheduler.load_state_dict(resume.scheduler)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise ckpt.CheckpointError(
+                f"checkpoint optimizer state does not fit {self.name}: {error}"
+            ) from None
+        ckpt.restore_rng(resume.rng, self.generator)
 
     def _finish_matrix(self) -> None:
         self.result.matrix = np.stack(self.rows)

@@ -1,0 +1,456 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped, loaded safely.
+
+A checkpoint is one folder, ``<run folder>/checkpoint/``, written atomically (a temporary folder
+renamed into place; the previous checkpoint is kept until the new one is complete):
+
+=========================  ===================================================================
+file                       content
+=========================  ===================================================================
+``model.safetensors``      the model's ``state_dict`` (loadable with ``safetensors`` alone)
+``learner.*``              loop state (task, epoch, position in the epoch's permutation and the
+                           permutation itself, step counters, active outputs, frozen flags),
+                           the accuracy rows and timings so far, and every RNG state
+``optimizer.*``            optimizer and learning-rate schedule state (mid-task checkpoints)
+``strategies.*``           every strategy's ``state_dict()`` (Fisher, anchors, buffers, masks)
+``experiment.*``           which (strategy combination, seed) run this is, the exact results of
+                           the runs already finished, and the resolved config
+=========================  ===================================================================
+
+Each ``name.*`` is a pair: ``name.safetensors`` holds the tensors of a nested structure under
+dotted keys, ``name.json`` the rest with ``{"__tensor__": key}`` where a tensor was. Nothing is
+ever unpickled: tensors come from safetensors, everything else from JSON, so a checkpoint
+received from elsewhere cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from forgetless.errors import ForgetlessError
+from forgetless.io import atomic_folder, readable_folder, write_synced
+
+FORMAT = "forgetless-checkpoint"
+VERSION = 1
+CHECKPOINT = "checkpoint"
+"""Name of the checkpoint folder inside a run folder."""
+
+KILL_AT_STEP_ENV = "FORGETLESS_TEST_KILL_AT_STEP"
+"""Test only: send a signal to this process after its N-th optimizer step (see test_hooks)."""
+KILL_SIGNAL_ENV = "FORGETLESS_TEST_KILL_SIGNAL"
+"""Test only: the signal of KILL_AT_STEP_ENV, ``KILL`` (default) or ``INT`` (a Ctrl-C)."""
+KILL_IN_CHECKPOINT_ENV = "FORGETLESS_TEST_KILL_IN_CHECKPOINT"
+"""Test only: SIGKILL this process while it writes its N-th checkpoint (before the rename)."""
+
+_RESERVED = ("__tensor__", "__ndarray__", "__tuple__", "__dict__")
+_PICKLE_PREFIXES = (b"\x80", b"PK\x03\x04")
+"""Pickle protocol >= 2, and the zip container of ``torch.save``."""
+
+
+class CheckpointError(ForgetlessError):
+    """A checkpoint that is missing, corrupt, unsafe, or from an incompatible run."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: a checkpoint was saved; ``str()`` says where and how to resume."""
+
+
+class Interrupted(ForgetlessError):
+    """The CLI's form of a Ctrl-C (click would swallow a KeyboardInterrupt): exit code 130."""
+
+    exit_code = 130
+
+
+# -- nested structures <-> (JSON skeleton, flat tensors) ------------------------------------
+def flatten_tree(tree: Any, what: str = "state") -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split nested dicts/lists of tensors and JSON values into a JSON skeleton and tensors.
+
+    Tensors (and numpy arrays) are replaced by ``{"__tensor__": "dotted.key"}``; tuples and
+    dicts with non-string keys are tagged so that :func:`unflatten_tree` rebuilds them exactly.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def key_for(path: str) -> str:
+        key, k = path or "root", 1
+        while key in tensors:
+            k += 1
+            key = f"{path}#{k}"
+        return key
+
+    def encode(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            key = key_for(path)
+            tensors[key] = value.detach().to("cpu", copy=True).contiguous()
+            return {"__tensor__": key}
+        if isinstance(value, np.ndarray):
+            key = key_for(path)
+            tensors[key] = torch.from_numpy(np.ascontiguousarray(value).copy())
+            return {"__ndarray__": key}
+        if isinstance(value, np.generic):
+            return value.item()
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, tuple):
+            return {"__tuple__": [encode(v, f"{path}.{i}") for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [encode(v, f"{path}.{i}") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            if all(isinstance(k, str) and k not in _RESERVED for k in value):
+                return {k: encode(v, f"{path}.{k}" if path else k) for k, v in value.items()}
+            return {
+                "__dict__": [
+                    [encode(k, f"{path}.key"), encode(v, f"{path}.{k}")] for k, v in value.items()
+                ]
+            }
+        raise CheckpointError(
+            f"cannot checkpoint {what} at {path or 'top level'}: a {type(value).__name__} is "
+            "neither a tensor nor a JSON value (state_dict() must return tensors and plain values)"
+        )
+
+    return encode(tree, ""), tensors
+
+
+def unflatten_tree(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_tree`."""
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            ((tag, inner),) = value.items()
+            if tag in ("__tensor__", "__ndarray__"):
+                if inner not in tensors:
+                    raise CheckpointError(f"checkpoint is corrupt: tensor {inner!r} is missing")
+                tensor = tensors[inner]
+                return tensor.numpy() if tag == "__ndarray__" else tensor
+            if tag == "__tuple__":
+                return tuple(decode(v) for v in inner)
+            if tag == "__dict__":
+                return {_hashable(decode(k)): decode(v) for k, v in inner}
+        return {k: decode(v) for k, v in value.items()}
+
+    return decode(skeleton)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# -- files ----------------------------------------------------------------------------------
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
+    write_synced(path, save(tensors))
+
+
+def _refuse_unsafe(path: Path) -> None:
+    """A clear refusal for pickles (a safetensors file starts with its header size, then '{')."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    looks_safe = head[8:9] == b"{" if path.suffix == ".safetensors" else head[:1] != b"\x80"
+    if not looks_safe and head.startswith(_PICKLE_PREFIXES):
+        raise CheckpointError(
+            f"{path} is a pickle/torch.save file, not safetensors: refusing to load it "
+            "(unpickling can run arbitrary code); checkpoints are written by forgetless only"
+        )
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file (never unpickled); a clear error for anything else."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing: the checkpoint is incomplete")
+    try:
+        _refuse_unsafe(path)
+        return load_file(str(path), device="cpu")
+    except CheckpointError:
+        raise
+    except Exception as error:  # SafetensorError, OSError: corrupt or truncated file
+        raise CheckpointError(
+            f"checkpoint file {path} is not a valid safetensors file ({error}): it is corrupt; "
+            "delete the checkpoint folder to restart this run from scratch"
+        ) from None
+
+
+def _load_json(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing: the checkpoint is incomplete")
+    try:
+        _refuse_unsafe(path)
+        return json.loads(path.read_text(encoding="utf-8"))
+    except CheckpointError:
+        raise
+    except (OSError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint file {path} is not valid JSON ({error}): it is corrupt; "
+            "delete the checkpoint folder to restart this run from scratch"
+        ) from None
+
+
+def write_tree(folder: Path, name: str, tree: Any) -> None:
+    """``name.json`` (skeleton) + ``name.safetensors`` (tensors) of a nested structure."""
+    skeleton, tensors = flatten_tree(tree, name)
+    _save_tensors(folder / f"{name}.safetensors", tensors)
+    text = json.dumps({"format": FORMAT, "version": VERSION, "data": skeleton})
+    write_synced(folder / f"{name}.json", text.encode("utf-8"))
+
+
+def read_tree(folder: Path, name: str) -> Any:
+    document = _load_json(folder / f"{name}.json")
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CheckpointError(f"{folder / (name + '.json')} is not a forgetless checkpoint file")
+    if document.get("version") != VERSION:
+        raise CheckpointError(
+            f"{folder} is a version {document.get('version')} checkpoint; this forgetless "
+            f"reads version {VERSION}: resume it with the forgetless that wrote it"
+        )
+    tensors = load_tensors(folder / f"{name}.safetensors")
+    try:
+        return unflatten_tree(document["data"], tensors)
+    except CheckpointError:
+        raise
+    except Exception as error:
+        raise CheckpointError(
+            f"checkpoint file {folder / name}.json is malformed: {error}"
+        ) from None
+
+
+# -- RNG states -----------------------------------------------------------------------------
+def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+    """The learner's generator and the global torch, CUDA, numpy and Python RNG states."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+            "kind": kind,
+        },
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Inverse of :func:`capture_rng`."""
+    try:
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch"])
+        numpy = state["numpy"]
+        np.random.set_state(
+            (
+                numpy["kind"],
+                numpy["keys"].numpy().astype(np.uint32),
+                numpy["pos"],
+                numpy["has_gauss"],
+                numpy["cached"],
+            )
+        )
+        python = state["python"]
+        random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
+        if "cuda" in state and torch.cuda.is_available():
+            if len(state["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(state["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint RNG state is malformed: {error}") from None
+
+
+# -- checkpoint folder ----------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the run it belongs to and the state to restore."""
+
+    folder: Path
+    experiment: dict[str, Any]
+    learner: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run(self) -> tuple[str, int]:
+        run = self.experiment["run"]
+        return run["strategy"], int(run["seed"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.experiment["config"]
+
+    @property
+    def completed(self) -> list[dict[str, Any]]:
+        return self.experiment.get("completed", [])
+
+    def where(self) -> str:
+        """``task 2, step 17 of ewc (seed 0)``: a human description of the resume point."""
+        loop = self.learner.get("loop", {})
+        strategy, seed = self.run
+        if loop.get("in_task"):
+            return f"task {loop['task_index']}, step {loop['step']} of {strategy} (seed {seed})"
+        return f"the start of task {loop.get('task_index', 0)} of {strategy} (seed {seed})"
+
+
+_kills: dict[str, int] = {"checkpoints": 0}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    model_state: dict[str, torch.Tensor],
+    learner: dict[str, Any],
+    experiment: dict[str, Any],
+) -> Path:
+    """Write ``run_dir/checkpoint`` atomically (complete or absent; previous kept until then)."""
+    target = Path(run_dir) / CHECKPOINT
+    parts = dict(learner)
+    strategies = parts.pop("strategies", [])
+    optimizer = parts.pop("optimizer", None)
+    with atomic_folder(target) as tmp:
+        weights = {k: v for k, v in model_state.items() if isinstance(v, torch.Tensor)}
+        if len(weights) != len(model_state):
+            raise CheckpointError("cannot checkpoint the model: its state_dict holds non-tensors")
+        _save_tensors(
+            tmp / "model.safetensors",
+            {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()},
+        )
+        write_tree(tmp, "strategies", strategies)
+        write_tree(tmp, "optimizer", optimizer)
+        write_tree(tmp, "learner", parts)
+        write_tree(tmp, "experiment", experiment)
+        _test_kill_in_checkpoint()
+    return target
+
+
+def _test_kill_in_checkpoint() -> None:
+    """Test-only hook (FORGETLESS_TEST_KILL_IN_CHECKPOINT=N): die inside the N-th write."""
+    wanted = os.environ.get(KILL_IN_CHECKPOINT_ENV)
+    if not wanted:
+        return
+    _kills["checkpoints"] += 1
+    if _kills["checkpoints"] == int(wanted):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The checkpoint of ``run_dir`` (``None`` when the run never reached one)."""
+    folder = readable_folder(Path(run_dir) / CHECKPOINT)
+    if folder is None:
+        return None
+    experiment = read_tree(folder, "experiment")
+    learner = read_tree(folder, "learner")
+    if not isinstance(experiment, dict) or not isinstance(learner, dict) or "run" not in experiment:
+        raise CheckpointError(f"{folder} is not a forgetless checkpoint (experiment state missing)")
+    learner["strategies"] = read_tree(folder, "strategies")
+    learner["optimizer"] = read_tree(folder, "optimizer")
+    learner["model"] = load_tensors(folder / "model.safetensors")
+    return Checkpoint(folder, experiment, learner)
+
+
+def remove_checkpoint(run_dir: Path) -> None:
+    """Delete the checkpoint of ``run_dir`` (a fresh run with ``--force`` over an old one)."""
+    import shutil
+
+    from forgetless.io import previous_folder
+
+    target = Path(run_dir) / CHECKPOINT
+    leftovers = list(Path(run_dir).glob(f".{CHECKPOINT}.tmp-*"))
+    for folder in (target, previous_folder(target), *leftovers):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- config compatibility -------------------------------------------------------------------
+RESUME_MAY_CHANGE = ("out", "threads", "data_dir", "download")
+"""Config fields that may differ when resuming: where things are, not what is computed."""
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``["lr: 0.001 in the run, 0.1 now", ...]`` over the fields that change results."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if key in RESUME_MAY_CHANGE:
+            continue
+        if saved.get(key) != current.get(key):
+            out.append(f"{key}: {saved.get(key)!r} in the run, {current.get(key)!r} now")
+    return out
+
+
+# -- finished runs --------------------------------------------------------------------------
+def run_record(run: Any) -> dict[str, Any]:
+    """The exact content of a finished :class:`~forgetless.training.learner.RunResult`."""
+    return {
+        "strategy": run.strategy,
+        "seed": run.seed,
+        "matrix": torch.from_numpy(np.asarray(run.matrix, dtype=np.float64)),
+        "baseline": torch.from_numpy(np.asarray(run.baseline, dtype=np.float64)),
+        "train_seconds": list(run.train_seconds),
+        "eval_seconds": run.eval_seconds,
+        "steps": list(run.steps),
+        "report": run.report,
+        "stopped_early": [[k, v] for k, v in run.stopped_early.items()],
+    }
+
+
+def run_from_record(record: dict[str, Any]) -> Any:
+    from forgetless.training.learner import RunResult
+
+    return RunResult(
+        strategy=record["strategy"],
+        seed=int(record["seed"]),
+        matrix=record["matrix"].numpy(),
+        baseline=record["baseline"].numpy(),
+        train_seconds=list(record["train_seconds"]),
+        eval_seconds=float(record["eval_seconds"]),
+        steps=list(record["steps"]),
+        report=record["report"],
+        stopped_early={int(k): int(v) for k, v in record["stopped_early"]},
+    )
+
+
+def runs_from_metrics(run_dir: Path) -> list[Any]:
+    """Finished runs recorded in ``metrics.json`` (values rounded to 6 decimals there)."""
+    from forgetless.training.learner import RunResult
+
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        out = []
+        for name, records in data.get("runs", {}).items():
+            for record in records:
+                matrix = np.asarray(record["accuracy_matrix"], dtype=np.float64)
+                if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+                    continue
+                out.append(
+                    RunResult(
+                        strategy=name,
+                        seed=int(record["seed"]),
+                        matrix=matrix,
+                        baseline=np.asarray(record["random_init_accuracy"], dtype=np.float64),
+                        train_seconds=list(record.get("train_seconds_per_task", [])),
+                        eval_seconds=float(record.get("eval_seconds", 0.0)),
+                        steps=list(record.get("steps_per_task", [])),
+                        report=record.get("report", {}),
+                        stopped_early={
+                            int(k): v for k, v in record.get("stopped_early", {}).items()
+                        },
+                    )
+                )
+        return out
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"{path} is corrupt ({error}): cannot tell which runs finished"
+        ) from None
