@@ -1,0 +1,375 @@
+"""A quadratic penalty toward anchors with per-parameter importance, shared by EWC, Online EWC,
+SI, MAS and L2-SP (and importable for any ``nn.Module``, e.g. a Hugging Face transformer).
+
+    penalty(model) = sum_terms  w_t * sum_i Omega_{t,i} * (theta_i - theta*_{t,i})^2
+
+The caller multiplies by its paper's factor (``lambda / 2`` for EWC, ``c`` for SI, ...).
+
+API
+---
+``AnchoredPenalty(name_filter=None, on_mismatch="skip")``
+    ``name_filter(name) -> bool`` picks the parameters a term may cover (default: all).
+``add_term(importance, anchor, weight=1.0, names=None) -> int``
+    ``importance``/``anchor``: ``{name: tensor}`` or ``None`` (``None`` importance = 1 for
+    every covered parameter, ``None`` anchor = 0, i.e. plain weight decay); ``names`` is needed
+    when both are ``None``. Tensors are copied (detached) and stored as one flat vector each.
+``replace_term(index, ...)``, ``clear()``, ``terms`` (a list of :class:`PenaltyTerm`),
+``term_dicts(index) -> (importance, anchor)`` as ``{name: tensor}`` views.
+``penalty(model) -> Tensor``
+    A scalar with autograd. Its gradient is computed in the same pass (a custom
+    ``autograd.Function``: for each term two vector ops on the flattened parameters), so the
+    cost does not grow with autograd graph size; ``last_gradient`` keeps it, per parameter name
+    (SI subtracts it to recover the task-loss gradient).
+``bytes_per_term() -> list[int]``, ``nbytes``; ``state_dict()`` / ``load_state_dict()``.
+
+:class:`PenaltyStrategy` is the base of the strategies built on it (``loss = scale * penalty``);
+:func:`snapshot` copies a model's trainable parameters (an anchor); :func:`per_scenario` picks a
+strength tuned per scenario kind when the user left it unset.
+
+Parameters a term names but the model lacks, or whose shape changed, are skipped (their names
+are in ``skipped`` and a warning is issued once) or raise a ``ConfigError`` with
+``on_mismatch="error"``. The resolution of names to parameters is cached per model object.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from forgetless.errors import ConfigError
+from forgetless.strategies._fisher import sample_rows
+from forgetless.strategies.base import Batch, Strategy, TrainingContext
+
+Tensors = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class PenaltyTerm:
+    """One ``(importance, anchor)`` pair over ``names``, stored flat (``None`` = 1 or 0)."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    importance: torch.Tensor | None
+    anchor: torch.Tensor | None
+    weight: float = 1.0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            int(t.numel() * t.element_size()) for t in (self.importance, self.anchor) if t is not None
+        )
+
+    def unflatten(self, flat: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
+        if flat is None:
+            return None
+        out, offset = {}, 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            size = shape.numel()
+            out[name] = flat[offset : offset + size].view(shape)
+            offset += size
+        return out
+
+
+def _evaluate(
+    plan: list[tuple[PenaltyTerm, list[int]]], params: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """The penalty and ``1/2`` of its gradient per parameter (flat vector ops per term)."""
+    value = params[0].new_zeros(())
+    halves: list[torch.Tensor | None] = [None] * len(params)
+    flat: dict[tuple[int, ...], torch.Tensor] = {}  # terms over the same names share one copy
+    for term, indices in plan:
+        key = tuple(indices)
+        if key not in flat:
+            flat[key] = torch.cat([params[i].detach().reshape(-1) for i in indices])
+        theta = flat[key]
+        diff = theta if term.anchor is None else theta - term.anchor
+        weighted = diff if term.importance is None else term.importance * diff
+        if term.weight != 1.0:
+            weighted = weighted * term.weight
+        value = value + torch.dot(weighted, diff)
+        offset = 0
+        for i in indices:
+            size = params[i].numel()
+            part = weighted[offset : offset + size].view_as(params[i])
+            halves[i] = part if halves[i] is None else halves[i] + part
+            offset += size
+    return value, halves
+
+
+class _Quadratic(torch.autograd.Function):
+    """The penalty, with its gradient computed in the forward (kept in ``holder``)."""
+
+    @staticmethod
+    def forward(ctx: Any, holder: AnchoredPenalty, plan: list, *params: torch.Tensor):
+        value, halves = _evaluate(plan, params)
+        ctx.halves = halves
+        holder._last_halves = halves
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor):
+        out = [None if g is None else g * (2.0 * grad_output) for g in ctx.halves]
+        return (None, None, *out)
+
+
+class AnchoredPenalty:
+    """Quadratic penalty toward anchors with per-parameter importance (see module docstring)."""
+
+    def __init__(
+        self,
+        name_filter: Callable[[str], bool] | None = None,
+        on_mismatch: Literal["skip", "error"] = "skip",
+    ):
+        self.name_filter = name_filter
+        self.on_mismatch = on_mismatch
+        self.terms: list[PenaltyTerm] = []
+        self.skipped: set[str] = set()
+        self._last_halves: list[torch.Tensor | None] | None = None
+        self._cache: tuple[int, int, list[str], list[nn.Parameter], list] | None = None
+        self._version = 0
+
+    # -- building terms ------------------------------------------------------------------
+    def _make_term(
+        self,
+        importance: Tensors | None,
+        anchor: Tensors | None,
+        weight: float,
+        names: Sequence[str] | None,
+    ) -> PenaltyTerm:
+        source = importance if importance is not None else anchor
+        if names is None:
+            if source is None:
+                raise ValueError("a term with neither importance nor anchor needs `names`")
+            names = list(source)
+        chosen = [n for n in names if self.name_filter is None or self.name_filter(n)]
+        for n in chosen:
+            for given in (importance, anchor):
+                if given is not None and n not in given:
+                    raise ValueError(f"parameter {n!r} has no entry in both importance and anchor")
+            if importance is not None and anchor is not None:
+                if importance[n].shape != anchor[n].shape:
+                    raise ValueError(f"importance and anchor of {n!r} differ in shape")
+        # a names-only term (source None) takes its shapes from the model when first resolved
+        shapes = [source[n].shape for n in chosen] if source is not None else []
+
+        def flat(values: Tensors | None) -> torch.Tensor | None:
+            if values is None or not chosen:
+                return None
+            return torch.cat([values[n].detach().reshape(-1) for n in chosen]).clone()
+
+        return PenaltyTerm(tuple(chosen), tuple(shapes), flat(importance), flat(anchor), weight)
+
+    def add_term(
+        self,
+        importance: Tensors | None,
+        anchor: Tensors | None,
+        weight: float = 1.0,
+        names: Sequence[str] | None = None,
+    ) -> int:
+        """Append a term; returns its index."""
+        self.terms.append(self._make_term(importance, anchor, weight, names))
+        self._version += 1
+        return len(self.terms) - 1
+
+    def replace_term(
+        self,
+        index: int,
+        importance: Tensors | None,
+        anchor: Tensors | None,
+        weight: float = 1.0,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        self.terms[index] = self._make_term(importance, anchor, weight, names)
+        self._version += 1
+
+    def clear(self) -> None:
+        self.terms = []
+        self._version += 1
+
+    def term_dicts(self, index: int) -> tuple[dict | None, dict | None]:
+        """``(importance, anchor)`` of term ``index`` as ``{name: tensor}`` views."""
+        term = self.terms[index]
+        return term.unflatten(term.importance), term.unflatten(term.anchor)
+
+    # -- evaluating ----------------------------------------------------------------------
+    def _resolve(self, model: nn.Module) -> tuple[list[nn.Parameter], list]:
+        key = (id(model), self._version)
+        if self._cache is not None and self._cache[:2] == key:
+            return self._cache[3], self._cache[4]
+        available = dict(model.named_parameters())
+        names: list[str] = []
+        index: dict[str, int] = {}
+        plan = []
+        for t, term in enumerate(self.terms):
+            if not term.shapes and term.names:  # names-only term: take shapes from the model
+                present = [n for n in term.names if n in available]
+                term = PenaltyTerm(
+                    tuple(present), tuple(available[n].shape for n in present), None, None,
+                    term.weight,
+                )
+                self.terms[t] = term
+            keep = []
+            for n, shape in zip(term.names, term.shapes, strict=True):
+                param = available.get(n)
+                if param is None or param.shape != shape:
+                    problem = "is absent from" if param is None else "changed shape in"
+                    if self.on_mismatch == "error":
+                        raise ConfigError(
+                            f"penalty parameter {n!r} {problem} the model: anchor a matching "
+                            f"model or use on_mismatch='skip'"
+                        )
+                    if n not in self.skipped:
+                        warnings.warn(f"penalty skips parameter {n!r}: it {problem} the model",
+                                      stacklevel=3)
+                        self.skipped.add(n)
+                    continue
+                keep.append(n)
+            if len(keep) != len(term.names):
+                term = self._restrict(term, keep)
+                self.terms[t] = term
+            indices = []
+            for n in term.names:
+                if n not in index:
+                    index[n] = len(names)
+                    names.append(n)
+                indices.append(index[n])
+            if indices:
+                plan.append((term, indices))
+        params = [available[n] for n in names]
+        self._cache = (key[0], key[1], names, params, plan)
+        return params, plan
+
+    @staticmethod
+    def _restrict(term: PenaltyTerm, keep: list[str]) -> PenaltyTerm:
+        def sub(flat: torch.Tensor | None) -> torch.Tensor | None:
+            if flat is None:
+                return None
+            views = term.unflatten(flat)
+            return torch.cat([views[n].reshape(-1) for n in keep]) if keep else flat[:0]
+
+        shapes = tuple(s for n, s in zip(term.names, term.shapes, strict=True) if n in keep)
+        return PenaltyTerm(tuple(keep), shapes, sub(term.importance), sub(term.anchor), term.weight)
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """``sum_t w_t sum_i Omega_{t,i} (theta_i - theta*_{t,i})^2`` (0 without terms)."""
+        params, plan = self._resolve(model)
+        if not plan:
+            first = next(model.parameters(), None)
+            self._last_halves = None
+            return torch.zeros((), device=None if first is None else first.device)
+        return _Quadratic.apply(self, plan, *params)
+
+    def gradient(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``d penalty / d theta = 2 sum_t w_t Omega_t (theta - a_t)`` per name, no autograd."""
+        params, plan = self._resolve(model)
+        if not plan:
+            return {}
+        with torch.no_grad():
+            _, halves = _evaluate(plan, params)
+        return self._named(halves)
+
+    @property
+    def last_gradient(self) -> dict[str, torch.Tensor]:
+        """The gradient of the last :meth:`penalty` value, per name (at the parameters then)."""
+        return self._named(self._last_halves) if self._last_halves is not None else {}
+
+    @property
+    def last_half_gradient(self) -> dict[str, torch.Tensor]:
+        """Half of :attr:`last_gradient` (views, nothing allocated: for per-step use)."""
+        if self._last_halves is None or self._cache is None:
+            return {}
+        return {n: h for n, h in zip(self._cache[2], self._last_halves, strict=True) if h is not None}
+
+    def _named(self, halves: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        names = self._cache[2] if self._cache is not None else []
+        return {n: 2.0 * h for n, h in zip(names, halves, strict=True) if h is not None}
+
+    # -- accounting and checkpointing ----------------------------------------------------
+    def bytes_per_term(self) -> list[int]:
+        return [term.nbytes for term in self.terms]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.bytes_per_term())
+
+    def state_dict(self) -> dict[str, Any]:
+        terms = {}
+        for t, term in enumerate(self.terms):
+            importance, anchor = self.term_dicts(t)
+            entry: dict[str, Any] = {"weight": term.weight, "names": list(term.names)}
+            if importance is not None:
+                entry["importance"] = {n: v.clone() for n, v in importance.items()}
+            if anchor is not None:
+                entry["anchor"] = {n: v.clone() for n, v in anchor.items()}
+            terms[str(t)] = entry
+        return {"terms": terms}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.clear()
+        for t in sorted(state["terms"], key=int):
+            entry = state["terms"][t]
+            self.add_term(
+                entry.get("importance"), entry.get("anchor"), entry["weight"], entry["names"]
+            )
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of the trainable parameters, by name (an anchor ``theta*``)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+class PenaltyStrategy(Strategy):
+    """Base of the methods whose extra loss is ``penalty_scale() * AnchoredPenalty``.
+
+    Subclasses fill ``self.penalty`` in ``after_task`` (or ``before_task``) and define
+    :meth:`penalty_scale` (their paper's factor: ``lambda / 2`` for EWC, ``c`` for SI, ...).
+    """
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.penalty = AnchoredPenalty()
+
+    def penalty_scale(self, ctx: TrainingContext) -> float:
+        raise NotImplementedError
+
+    def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+        if not self.penalty.terms:
+            return None
+        return self.penalty_scale(ctx) * self.penalty.penalty(ctx.model)
+
+    @staticmethod
+    def task_sample(
+        ctx: TrainingContext, count: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        """Up to ``count`` training inputs of the current task (drawn with ``ctx.generator``)."""
+        task = ctx.task
+        rows = sample_rows(task.num_train, count, ctx.generator).to(task.train_y.device)
+        x = ctx.prepare(task.train_x[rows]).to(ctx.device)
+        return x, task.train_y[rows].to(ctx.device), ctx.task_id(ctx.task_index)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "penalty_terms": len(self.penalty.terms),
+            "penalty_bytes": self.penalty.nbytes,
+            "bytes_per_term": self.penalty.bytes_per_term(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"penalty": self.penalty.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.penalty.load_state_dict(state["penalty"])
+
+
+def per_scenario(value: float | None, defaults: Mapping[str, float], kind: str) -> float:
+    """``value`` if the user set it, else the default tuned for scenario ``kind``.
+
+    Some strengths differ by orders of magnitude between task-IL (short binary tasks, separate
+    heads) and domain-/class-IL; the tables are in docs/tuning-regularization.md.
+    """
+    return float(value) if value is not None else float(defaults.get(kind, defaults["domain"]))

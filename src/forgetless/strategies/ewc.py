@@ -1,0 +1,57 @@
+"""EWC: elastic weight consolidation (Kirkpatrick et al. 2017, PNAS, eq. 3).
+
+After task ``t`` the diagonal Fisher ``F_t`` and the parameters ``theta*_t`` are stored; while
+training every later task the loss gains one term per earlier task:
+
+    L(theta) = L_B(theta) + sum_{t < now} (lambda / 2) * sum_i F_{t,i} (theta_i - theta*_{t,i})^2
+
+so memory and penalty cost grow linearly with the number of tasks (two parameter-sized
+vectors per task; see ``online-ewc`` for the constant-size variant). The Fisher is estimated on
+``fisher_samples`` training inputs of the task, with per-sample squared gradients computed in
+batch (:mod:`forgetless.strategies._fisher`): ``sampled`` (labels drawn from the model, as in
+the paper; default), ``empirical`` (data labels) or ``exact`` (expectation over classes).
+
+Defaults (``ewc_lambda``) were chosen on a validation split: docs/tuning-regularization.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from forgetless.strategies import register
+from forgetless.strategies._fisher import fisher_diagonal
+from forgetless.strategies._penalty import PenaltyStrategy, snapshot
+from forgetless.strategies.base import TrainingContext
+
+
+class FisherParams(BaseModel):
+    """Fisher estimation options shared by EWC and Online EWC."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ewc_lambda: float = Field(10000.0, ge=0.0, description="penalty strength lambda (eq. 3)")
+    fisher: Literal["sampled", "empirical", "exact"] = Field(
+        "sampled", description="sampled (model labels, the paper's), empirical or exact"
+    )
+    fisher_samples: int = Field(1024, ge=1, description="training inputs the Fisher is taken on")
+
+
+def estimate_fisher(ctx: TrainingContext, params: FisherParams) -> dict:
+    """Diagonal Fisher of the current model on a sample of the current task's training data."""
+    x, y, task_id = PenaltyStrategy.task_sample(ctx, params.fisher_samples)
+    return fisher_diagonal(ctx.model, x, task_id, y=y, kind=params.fisher, generator=ctx.generator)
+
+
+@register
+class EWC(PenaltyStrategy):
+    name = "ewc"
+    summary = "elastic weight consolidation: Fisher-weighted penalty, one term per task"
+    Params = FisherParams
+
+    def penalty_scale(self, ctx: TrainingContext) -> float:
+        return self.params.ewc_lambda / 2.0
+
+    def after_task(self, ctx: TrainingContext) -> None:
+        self.penalty.add_term(estimate_fisher(ctx, self.params), snapshot(ctx.model))

@@ -1,0 +1,166 @@
+"""LwF: learning without forgetting (Li & Hoiem 2017, TPAMI, eqs. 2-4).
+
+Before each new task the model is copied and frozen. On the current task's inputs ``x`` (rows
+``[0, ctx.current_size)`` of the batch; replayed rows that composed strategies append are not
+distilled) the old model's outputs are soft targets:
+
+    L = L_new + alpha * T^2 * KL( softmax(y_old / T) || softmax(y_new / T) )
+
+(the paper's ``lambda_o`` is ``alpha``; the ``T^2`` factor keeps gradient scales comparable
+across temperatures, Hinton et al. 2015; the KL equals the paper's modified cross-entropy up
+to a constant). Which outputs:
+
+* multi-head (task-IL): every old head ``j < t`` on the current inputs, ``model(x, j)`` (with a
+  :class:`~forgetless.models.ContinualModel` the backbone features of the training forward are
+  reused, so each old head costs one head forward; if another forward ran in between, the
+  features are recomputed);
+* single head (class-/domain-IL): the outputs that were active in the old model (those not at
+  ``INACTIVE_LOGIT``); outputs of classes that arrive with the new task are left out.
+
+On the first task there is no old model: the strategy does nothing (documented no-op).
+Defaults (``alpha``, ``temperature``) chosen on a validation split:
+docs/tuning-regularization.md.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from forgetless.models import INACTIVE_LOGIT, ContinualModel
+from forgetless.strategies import register
+from forgetless.strategies.base import Batch, Strategy, TrainingContext
+
+
+class LwFParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(1.0, ge=0.0, description="weight lambda_o of the distillation term")
+    temperature: float = Field(2.0, gt=0.0, description="softmax temperature T")
+
+
+def distillation(old_logits: torch.Tensor, new_logits: torch.Tensor, temperature: float):
+    """``T^2 * KL(softmax(old/T) || softmax(new/T))`` averaged over rows, on the outputs that
+    are active (not ``INACTIVE_LOGIT``) in every row of ``old_logits``."""
+    active = (old_logits > INACTIVE_LOGIT / 2).all(0)
+    old, new = old_logits[:, active], new_logits[:, active]
+    target = F.log_softmax(old / temperature, dim=1)
+    log_probs = F.log_softmax(new / temperature, dim=1)
+    kl = F.kl_div(log_probs, target, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+class _FeatureKeeper:
+    """Forward hook keeping the backbone's latest output (with its graph) for the old heads.
+
+    A deep copy of a hooked model (another strategy copying it) gets an empty keeper, so the
+    copy neither drags the features along nor writes into this one."""
+
+    def __init__(self) -> None:
+        self.inputs: torch.Tensor | None = None
+        self.features: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self.inputs, self.features = inputs[0], output
+
+    def features_of(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The kept features if the latest forward was on ``x`` itself, else ``None``."""
+        return self.features if self.inputs is x else None
+
+    def __deepcopy__(self, memo: dict) -> _FeatureKeeper:
+        return _FeatureKeeper()
+
+
+@register
+class LwF(Strategy):
+    name = "lwf"
+    summary = "learning without forgetting: distil the previous model's outputs on new data"
+    Params = LwFParams
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.old_model: nn.Module | None = None
+        self._keeper: _FeatureKeeper | None = None
+        self._hook: Any = None
+        self._pending: dict[str, torch.Tensor] | None = None
+
+    def before_task(self, ctx: TrainingContext) -> None:
+        self._remove_hook()
+        self._pending = None
+        if ctx.task_index == 0:
+            return
+        self._freeze_copy(ctx)
+
+    def _freeze_copy(self, ctx: TrainingContext) -> None:
+        """The old model := a frozen copy of the current one; hook the backbone (multi-head)."""
+        self.old_model = copy.deepcopy(ctx.model).eval()
+        for p in self.old_model.parameters():
+            p.requires_grad_(False)
+        model = ctx.model
+        if ctx.scenario.uses_task_id and isinstance(model, ContinualModel):
+            self._keeper = _FeatureKeeper()
+            self._hook = model.backbone.register_forward_hook(self._keeper)
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook, self._keeper = None, None
+
+    def after_task(self, ctx: TrainingContext) -> None:
+        self._remove_hook()
+
+    def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+        if self._pending is not None:  # resumed from a checkpoint in the middle of a task
+            self._freeze_copy(ctx)
+            self.old_model.load_state_dict(self._pending)
+            self._pending = None
+        if self.old_model is None or ctx.task_index == 0 or self.params.alpha == 0:
+            return None
+        rows = ctx.current_size or len(batch)
+        x = batch.x[:rows]
+        temperature = self.params.temperature
+        if not ctx.scenario.uses_task_id:
+            with torch.no_grad():
+                old = self.old_model(x, None)
+            return self.params.alpha * distillation(old, logits[:rows], temperature)
+        model = ctx.model
+        features = self._keeper.features_of(batch.x) if self._keeper is not None else None
+        if features is not None:
+            features = features[:rows]
+        with torch.no_grad():
+            old_features = (
+                self.old_model.features(x) if isinstance(self.old_model, ContinualModel) else None
+            )
+        total = logits.new_zeros(())
+        for j in range(ctx.task_index):
+            task_id = ctx.task_id(j)
+            with torch.no_grad():
+                if old_features is not None:
+                    old = self.old_model.head(old_features, task_id)
+                else:
+                    old = self.old_model(x, task_id)
+            new = model.head(features, task_id) if features is not None else model(x, task_id)
+            total = total + distillation(old, new, temperature)
+        return self.params.alpha * total
+
+    def report(self) -> dict[str, Any]:
+        if self.old_model is None:
+            return {}
+        size = sum(t.numel() * t.element_size() for t in self.old_model.state_dict().values())
+        return {"old_model_bytes": int(size)}
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.old_model is None:
+            return {}
+        return {"old_model": {k: v.clone() for k, v in self.old_model.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the frozen old model (built from the live model at the next training step)."""
+        self._remove_hook()
+        self.old_model = None
+        self._pending = dict(state["old_model"]) if "old_model" in state else None
