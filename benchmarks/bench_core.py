@@ -13,46 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from common import library_run, plain_loop
 from forgetless.config import make_config
-from forgetless.training.evaluation import task_accuracies
-from forgetless.training.experiment import build_learner, load_scenario, resolve
-
-
-def plain_loop(scenario, config, seed: int) -> float:
-    """The reference: what a researcher would write by hand, no library involved."""
-    torch.manual_seed(seed)
-    from forgetless.models import build_model
-
-    model = build_model("mlp", scenario.input_shape, scenario.head_sizes, False, [400, 400])
-    generator = torch.Generator().manual_seed(seed)
-    started = time.perf_counter()
-    for index, task in enumerate(scenario.tasks):
-        model.head.set_active_outputs(scenario.active_outputs[index])
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        order = torch.randperm(task.num_train, generator=generator)
-        for batch in order.split(config.batch_size):
-            x = task.train_x[batch].to(torch.float32).div_(255.0)
-            loss = F.cross_entropy(model(x), task.train_y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        task_accuracies(model, scenario, config.eval_batch_size)
-    return time.perf_counter() - started
+from forgetless.training.experiment import load_scenario, resolve
 
 
 def library(scenario, config, seed: int) -> float:
-    learner = build_learner(config, scenario, "naive", seed)
-    learner.evaluate()  # the random-init row the plain loop does not compute: exclude it
-    started = time.perf_counter()
-    for index in range(scenario.num_tasks):
-        learner.train_task(index)
-    return time.perf_counter() - started
+    """Seconds of the library's learner running ``naive`` (see :func:`common.library_run`)."""
+    return library_run(scenario, config, "naive", seed)[0]
 
 
 def main() -> None:
@@ -63,7 +35,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/core.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = resolve(make_config(benchmark=args.benchmark, strategies=["naive"], threads=args.threads))
+    config = resolve(
+        make_config(benchmark=args.benchmark, strategies=["naive"], threads=args.threads)
+    )
     scenario = load_scenario(config, 0)
     plain_loop(scenario, config, 0)  # warm-up
     library(scenario, config, 0)
@@ -81,7 +55,8 @@ def main() -> None:
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
-        "samples_per_second_naive": sum(t.num_train for t in scenario.tasks) / statistics.median(lib),
+        "samples_per_second_naive": sum(t.num_train for t in scenario.tasks)
+        / statistics.median(lib),
         "target": "naive / plain <= 1.10",
     }
     print("| plain loop s | naive s | ratio (median) | ratio min-max |")

@@ -22,3 +22,9 @@ requires_fmnist = pytest.mark.skipif(
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+# property tests draw their examples from a fixed seed: the suite is deterministic
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("forgetless", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("forgetless")

@@ -63,7 +63,9 @@ def gem_project(
     P = G @ G.T
     P = 0.5 * (P + P.T)
     q = -(G @ g)  # quadprog minimises 1/2 v^T P v - q^T v
-    ridge = eps * max(float(np.mean(np.diag(P))), 1e-30)
+    # relative to the *smallest* diagonal: a ridge sized to the mean would swamp the constraint
+    # of a task whose memory gradient is tiny next to the others' (found by hypothesis)
+    ridge = eps * max(float(np.min(np.diag(P))), 1e-30)
     for _ in range(4):  # rank-deficient G (parallel task gradients): grow the ridge until PD
         try:
             v = quadprog.solve_qp(P + ridge * np.eye(t), q, np.eye(t), np.full(t, margin))[0]
