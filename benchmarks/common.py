@@ -95,7 +95,7 @@ def plain_loop(
             task_id = index if scenario.uses_task_id else None
             if scenario.active_outputs:
                 model.head.set_active_outputs(scenario.active_outputs[index])
-            optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+            optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # as the library
             for _ in range(config.epochs or 1):
                 order = torch.randperm(task.num_train, generator=generator)
                 for batch in order.split(config.batch_size):

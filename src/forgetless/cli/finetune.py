@@ -200,8 +200,8 @@ def demo_encoder(
 @demo_app.command("llm")
 def demo_llm(
     out: Path = typer.Option(..., help="report folder"),
-    pretrain_seconds: float = typer.Option(150.0, help="pretraining budget of the tiny GPT-2 (cached)"),
-    steps: int = typer.Option(150, help="fine-tuning steps per run"),
+    pretrain_seconds: float = typer.Option(120.0, help="pretraining budget of the tiny GPT-2 (cached)"),
+    steps: int = typer.Option(100, help="fine-tuning steps per run"),
     threads: int = typer.Option(2, help="torch CPU threads"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:

@@ -70,9 +70,12 @@ class DER(ReplayStrategy):
         buffer.logits[: buffer.size, :width][new] = live[:, :width][new]
         buffer.active[: buffer.size] = torch.maximum(stored.active, live_active)
 
-    def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+    def _before_loss(self, ctx: TrainingContext) -> None:
         if ctx.step == 0 and ctx.scenario.kind == "class" and self.params.fill_future_logits:
             self.fill_future_logits(ctx)
+
+    def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+        self._before_loss(ctx)
         sample = self.draw(ctx)
         if sample is None:
             return None
@@ -88,10 +91,16 @@ class DERPlusPlus(DER):
     Params: ClassVar[type[BaseModel]] = DERPPParams
 
     def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
-        term = super().loss(ctx, batch, logits)
-        sample = self.draw(ctx)
-        if sample is None:
-            return term
-        replay = sample.to_batch(ctx)
-        cross_entropy = F.cross_entropy(ctx.model(replay.x, replay.task_ids), replay.y)
-        return term + self.params.beta * cross_entropy
+        """Both buffer samples go through the model in one forward pass (same arithmetic as
+        two passes, larger matrix products); eq. 6: alpha * MSE(x') + beta * CE(x'')."""
+        self._before_loss(ctx)
+        first = self.draw(ctx)
+        if first is None:
+            return None
+        second = self.draw(ctx)
+        both = first.to_batch(ctx).concat(second.to_batch(ctx))
+        live = ctx.model(both.x, both.task_ids)
+        n = len(first.labels)
+        matching = masked_logit_mse(live[:n], first.logits, first.active)
+        cross_entropy = F.cross_entropy(live[n:], both.y[n:])
+        return self.params.alpha * matching + self.params.beta * cross_entropy

@@ -44,7 +44,7 @@ class GEMParams(BaseModel):
         0.5, ge=0.0, description="margin: dual variables v >= margin (authors' default 0.5)"
     )
     eps: float = Field(
-        1e-8, gt=0.0, lt=1.0, description="ridge on the QP matrix, relative to its mean diagonal"
+        1e-8, gt=0.0, lt=1.0, description="ridge on the QP matrix, relative to its smallest diagonal"
     )
 
 
@@ -57,12 +57,13 @@ def gem_project(
     """
     if memories.shape[0] == 0 or bool((memories @ gradient >= 0).all()):
         return gradient
-    g = gradient.detach().double().cpu().numpy()
-    G = memories.detach().double().cpu().numpy()
-    t = G.shape[0]
-    P = G @ G.T
+    # only the small t x t dual problem leaves torch: G G^T and G g are formed where the
+    # gradients live (one matmul each) instead of copying [t, p] to float64 NumPy
+    G = memories.detach()
+    P = (G @ G.T).double().cpu().numpy()
     P = 0.5 * (P + P.T)
-    q = -(G @ g)  # quadprog minimises 1/2 v^T P v - q^T v
+    q = -(G @ gradient.detach()).double().cpu().numpy()  # quadprog minimises 1/2 v^T P v - q^T v
+    t = P.shape[0]
     # relative to the *smallest* diagonal: a ridge sized to the mean would swamp the constraint
     # of a task whose memory gradient is tiny next to the others' (found by hypothesis)
     ridge = eps * max(float(np.min(np.diag(P))), 1e-30)
@@ -74,8 +75,8 @@ def gem_project(
             ridge *= 1e3
     else:
         raise ValueError("GEM quadratic program could not be solved")
-    projected = torch.from_numpy(v @ G + g)
-    return projected.to(dtype=gradient.dtype, device=gradient.device)
+    weights = torch.from_numpy(v).to(dtype=G.dtype, device=G.device)
+    return gradient + weights @ G
 
 
 @register

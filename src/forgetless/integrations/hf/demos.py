@@ -63,8 +63,8 @@ def encoder_demo(out: Path, steps: int = 60, batch_size: int = 16, seq_len: int 
     return _run_all(base, runs or ENCODER_RUNS, out, run)
 
 
-def llm_demo(out: Path, pretrain_seconds: float = 150.0, steps: int = 150, batch_size: int = 16,
-             seq_len: int = 128, eval_every: int = 25, eval_size: int = 48,
+def llm_demo(out: Path, pretrain_seconds: float = 120.0, steps: int = 100, batch_size: int = 16,
+             seq_len: int = 128, eval_every: int = 20, eval_size: int = 48,
              runs: dict[str, dict[str, Any]] | None = None,
              run: RunHook | None = None) -> dict[str, dict[str, Any]]:
     """Tiny byte-level GPT-2 pretrained on the King James Bible (or, without the ``bible``
