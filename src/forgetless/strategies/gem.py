@@ -44,7 +44,7 @@ class GEMParams(BaseModel):
         0.5, ge=0.0, description="margin: dual variables v >= margin (authors' default 0.5)"
     )
     eps: float = Field(
-        1e-8, gt=0.0, lt=1.0, description="ridge on the QP matrix, relative to its smallest diagonal"
+        1e-8, gt=0.0, lt=1.0, description="ridge on the QP matrix, relative to each diagonal entry"
     )
 
 
@@ -60,19 +60,24 @@ def gem_project(
     # only the small t x t dual problem leaves torch: G G^T and G g are formed where the
     # gradients live (one matmul each) instead of copying [t, p] to float64 NumPy
     G = memories.detach()
+    # a task whose memory gradient is zero constrains nothing (g . 0 >= 0): leave it out of the QP
+    G = G[(G * G).sum(1) > 0]
+    if G.shape[0] == 0:
+        return gradient
     P = (G @ G.T).double().cpu().numpy()
     P = 0.5 * (P + P.T)
     q = -(G @ gradient.detach()).double().cpu().numpy()  # quadprog minimises 1/2 v^T P v - q^T v
     t = P.shape[0]
-    # relative to the *smallest* diagonal: a ridge sized to the mean would swamp the constraint
-    # of a task whose memory gradient is tiny next to the others' (found by hypothesis)
-    ridge = eps * max(float(np.min(np.diag(P))), 1e-30)
-    for _ in range(4):  # rank-deficient G (parallel task gradients): grow the ridge until PD
-        try:
-            v = quadprog.solve_qp(P + ridge * np.eye(t), q, np.eye(t), np.full(t, margin))[0]
+    # a ridge relative to each task's own diagonal entry: one sized to the mean would swamp the
+    # constraint of a task whose memory gradient is tiny next to the others' (found by hypothesis)
+    # (a ridge also perturbs the solution, so the exact problem is tried first)
+    diagonal = np.diag(np.diag(P))
+    for ridge in [0.0] + [eps * 10.0**k for k in range(10)]:
+        try:  # rank-deficient G (parallel task gradients) needs the ridge to be positive definite
+            v = quadprog.solve_qp(P + ridge * diagonal, q, np.eye(t), np.full(t, margin))[0]
             break
         except ValueError:
-            ridge *= 1e3
+            continue
     else:
         raise ValueError("GEM quadratic program could not be solved")
     weights = torch.from_numpy(v).to(dtype=G.dtype, device=G.device)
