@@ -176,6 +176,21 @@ def finetune(
     console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, capability_curves.png)")
 
 
+def _run_demo(demo_name: str, title: str, threads: int, quiet: bool, **options: Any) -> None:
+    """Run ``forgetless.integrations.hf.demos.<demo_name>`` with live progress, print its table."""
+    _needs_hf()
+    import torch
+
+    from forgetless.integrations.hf import demos
+
+    torch.set_num_threads(threads)
+    live = LiveProgress(quiet)
+    with live.progress:
+        runs = getattr(demos, demo_name)(run=_run_with_progress(live), **options)
+    console.print(results_table(runs, title))
+    console.print(f"report in [bold]{options['out']}[/] (forgetting.json, before_after.csv, capability_curves.png)")
+
+
 @demo_app.command("encoder")
 def demo_encoder(
     out: Path = typer.Option(..., help="report folder"),
@@ -184,17 +199,8 @@ def demo_encoder(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """MiniLM keeps tweet sentiment while learning news topics: naive vs LoRA vs L2-SP vs replay."""
-    _needs_hf()
-    import torch
-
-    from forgetless.integrations.hf.demos import encoder_demo
-
-    torch.set_num_threads(threads)
-    live = LiveProgress(quiet)
-    with live.progress:
-        runs = encoder_demo(out, steps=steps, run=_run_with_progress(live))
-    console.print(results_table(runs, "all-MiniLM-L6-v2: tweet sentiment kept, BBC topics learned"))
-    console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, capability_curves.png)")
+    _run_demo("encoder_demo", "all-MiniLM-L6-v2: tweet sentiment kept, BBC topics learned",
+              threads, quiet, out=out, steps=steps)
 
 
 @demo_app.command("llm")
@@ -206,19 +212,9 @@ def demo_llm(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Tiny byte-level GPT-2 keeps general prose while learning Python code: naive vs 25% replay."""
-    _needs_hf()
-    import torch
-
-    from forgetless.integrations.hf.demos import llm_demo
-
-    torch.set_num_threads(threads)
     console.print("pretraining (or loading the cached) tiny GPT-2 …")
-    live = LiveProgress(quiet)
-    with live.progress:
-        runs = llm_demo(out, pretrain_seconds=pretrain_seconds, steps=steps,
-                        run=_run_with_progress(live))
-    console.print(results_table(runs, "tiny byte-level GPT-2: general text kept, Python code learned"))
-    console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, capability_curves.png)")
+    _run_demo("llm_demo", "tiny byte-level GPT-2: general text kept, Python code learned",
+              threads, quiet, out=out, pretrain_seconds=pretrain_seconds, steps=steps)
 
 
 def register(app: typer.Typer) -> None:
