@@ -35,9 +35,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/core.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = resolve(
-        make_config(benchmark=args.benchmark, strategies=["naive"], threads=args.threads)
-    )
+    config = resolve(make_config(benchmark=args.benchmark, strategies=["naive"], threads=args.threads))
     scenario = load_scenario(config, 0)
     plain_loop(scenario, config, 0)  # warm-up
     library(scenario, config, 0)
@@ -55,8 +53,7 @@ def main() -> None:
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
-        "samples_per_second_naive": sum(t.num_train for t in scenario.tasks)
-        / statistics.median(lib),
+        "samples_per_second_naive": sum(t.num_train for t in scenario.tasks) / statistics.median(lib),
         "target": "naive / plain <= 1.10",
     }
     print("| plain loop s | naive s | ratio (median) | ratio min-max |")

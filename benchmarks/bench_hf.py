@@ -27,8 +27,10 @@ def _loop(model, ids: torch.Tensor, steps: int, penalty=None, replay: float = 0.
         batch = ids[torch.randint(0, ids.shape[0], (16,), generator=generator)]
         if n_replay:
             task, general = batch[n_replay:], batch[:n_replay]
-            loss = (task.shape[0] * model(input_ids=task, labels=task).loss
-                    + general.shape[0] * model(input_ids=general, labels=general).loss) / 16
+            loss = (
+                task.shape[0] * model(input_ids=task, labels=task).loss
+                + general.shape[0] * model(input_ids=general, labels=general).loss
+            ) / 16
         else:
             loss = model(input_ids=batch, labels=batch).loss
         if penalty is not None:
@@ -73,8 +75,9 @@ def main() -> None:
     model = tiny_gpt2()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    fisher = estimate_fisher(model, Perplexity("general", ids[:4], ids), args.fisher_samples,
-                             torch.Generator().manual_seed(0))
+    fisher = estimate_fisher(
+        model, Perplexity("general", ids[:4], ids), args.fisher_samples, torch.Generator().manual_seed(0)
+    )
     fisher_seconds = time.perf_counter() - started
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     measure("ewc", model, penalty=ewc_penalty(model, fisher, 10.0))
@@ -89,7 +92,10 @@ def main() -> None:
     report = {
         "model": "byte-level GPT-2, 4 layers, 256 wide",
         "parameters": n_params,
-        "seq_len": args.seq_len, "batch_size": 16, "steps": args.steps, "threads": args.threads,
+        "seq_len": args.seq_len,
+        "batch_size": 16,
+        "steps": args.steps,
+        "threads": args.threads,
         "runs": results,
         "fisher": {
             "bytes": sum(v.numel() * v.element_size() for v in fisher.values()),

@@ -45,8 +45,13 @@ def subsample(scenario: Scenario, per_task: int, seed: int = 0) -> Scenario:
         keep = torch.randperm(t.num_train, generator=generator)[:per_task]
         tasks.append(Task(t.index, t.train_x[keep], t.train_y[keep], t.test_x, t.test_y, t.classes))
     return Scenario(
-        scenario.kind, scenario.name, tasks, scenario.input_shape, scenario.max_value,
-        scenario.head_sizes, scenario.active_outputs,
+        scenario.kind,
+        scenario.name,
+        tasks,
+        scenario.input_shape,
+        scenario.max_value,
+        scenario.head_sizes,
+        scenario.active_outputs,
     )
 
 
@@ -84,8 +89,7 @@ def bench_fisher(samples: int, repeats: int) -> dict[str, Any]:
             "speedup_identity_vs_loop": median(times["loop"]) / median(times["identity"]),
             "speedup_vmap_vs_loop": median(times["loop"]) / median(times["vmap"]),
             "max_abs_difference_to_loop": {
-                m: max(float((values[m][k] - loop[k]).abs().max()) for k in loop)
-                for m in ("identity", "vmap")
+                m: max(float((values[m][k] - loop[k]).abs().max()) for k in loop) for m in ("identity", "vmap")
             },
         }
     out["target_met"] = out["fisher_sampled"]["speedup_identity_vs_loop"] >= FISHER_TARGET
@@ -103,9 +107,7 @@ def step_seconds(scenario: Scenario, config: Any, name: str, timed_task: int) ->
 
 
 def bench_steps(scenario_kind: str, per_task: int, repeats: int) -> dict[str, Any]:
-    config = resolve(
-        make_config(benchmark="split-fmnist", scenario=scenario_kind, epochs=1, strategies=["naive"])
-    )
+    config = resolve(make_config(benchmark="split-fmnist", scenario=scenario_kind, epochs=1, strategies=["naive"]))
     scenario = subsample(load_scenario(config, 0), per_task)
     times: dict[str, list[float]] = {name: [] for name in STRATEGIES}
     for name in STRATEGIES:  # warm-up
@@ -127,9 +129,7 @@ def bench_steps(scenario_kind: str, per_task: int, repeats: int) -> dict[str, An
 
 
 def bench_memory(per_task: int) -> dict[str, Any]:
-    config = resolve(
-        make_config(benchmark="split-fmnist", scenario="class", epochs=1, strategies=["naive"])
-    )
+    config = resolve(make_config(benchmark="split-fmnist", scenario="class", epochs=1, strategies=["naive"]))
     scenario = subsample(load_scenario(config, 0), per_task)
     out: dict[str, Any] = {}
     for name in ("ewc", "online-ewc", "si", "mas", "l2sp"):
@@ -146,8 +146,7 @@ def bench_memory(per_task: int) -> dict[str, Any]:
 def markdown(results: dict[str, Any]) -> str:
     f = results["fisher"]
     lines = [
-        f"## Fisher diagonal, {f['model']}, {f['samples']} samples, "
-        f"{results['threads']} thread(s)",
+        f"## Fisher diagonal, {f['model']}, {f['samples']} samples, {results['threads']} thread(s)",
         "",
         "| statistic | identity s | vmap s | loop s | identity speed-up | vmap speed-up | "
         "max diff identity | max diff vmap |",

@@ -36,12 +36,15 @@ def subsample(scenario: Scenario, per_task: int, seed: int = 0) -> Scenario:
     tasks = []
     for t in scenario.tasks:
         keep = torch.randperm(t.num_train, generator=generator)[:per_task]
-        tasks.append(
-            Task(t.index, t.train_x[keep], t.train_y[keep], t.test_x, t.test_y, t.classes)
-        )
+        tasks.append(Task(t.index, t.train_x[keep], t.train_y[keep], t.test_x, t.test_y, t.classes))
     return Scenario(
-        scenario.kind, scenario.name, tasks, scenario.input_shape, scenario.max_value,
-        scenario.head_sizes, scenario.active_outputs,
+        scenario.kind,
+        scenario.name,
+        tasks,
+        scenario.input_shape,
+        scenario.max_value,
+        scenario.head_sizes,
+        scenario.active_outputs,
     )
 
 
@@ -119,8 +122,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = resolve(
         make_config(
-            benchmark="split-fmnist", scenario="class", strategies=["naive"],
-            threads=args.threads, buffer_size=args.buffer_size,
+            benchmark="split-fmnist",
+            scenario="class",
+            strategies=["naive"],
+            threads=args.threads,
+            buffer_size=args.buffer_size,
         )
     )
     scenario = subsample(load_scenario(config, 0), args.per_task)
@@ -151,29 +157,30 @@ def main() -> None:
     for earlier in range(1, tasks):
         row = {"earlier_tasks": earlier}
         for strategy in ("naive", "agem", "gem"):
-            row[f"{strategy}_step_ms"] = 1e3 * statistics.median(
-                r[earlier - 1] for r in per_strategy[strategy]
-            )
+            row[f"{strategy}_step_ms"] = 1e3 * statistics.median(r[earlier - 1] for r in per_strategy[strategy])
         row["gem_ratio"] = row["gem_step_ms"] / row["naive_step_ms"]
         row["agem_ratio"] = row["agem_step_ms"] / row["naive_step_ms"]
         per_tasks.append(row)
     sampling = sampling_times(args.repeats)
     memory = memory_rows(scenario, config)
 
-    print(f"## Replay step time (split-fmnist class-IL, buffer {args.buffer_size}, "
-          f"{args.threads} thread(s), median of {args.repeats})\n")
+    print(
+        f"## Replay step time (split-fmnist class-IL, buffer {args.buffer_size}, "
+        f"{args.threads} thread(s), median of {args.repeats})\n"
+    )
     print("| strategy | ms / step | x naive | target |\n|---|---:|---:|---:|")
     for r in step_rows:
         target = f"<= {r['target']}x" if r["target"] else ""
         print(f"| {r['strategy']} | {r['step_ms']:.2f} | {r['ratio_to_naive']:.2f} | {target} |")
     print("\n| earlier tasks | naive ms | A-GEM ms (x) | GEM ms (x) |\n|---:|---:|---:|---:|")
     for r in per_tasks:
-        print(f"| {r['earlier_tasks']} | {r['naive_step_ms']:.2f} | {r['agem_step_ms']:.2f} "
-              f"({r['agem_ratio']:.2f}) | {r['gem_step_ms']:.2f} ({r['gem_ratio']:.2f}) |")
+        print(
+            f"| {r['earlier_tasks']} | {r['naive_step_ms']:.2f} | {r['agem_step_ms']:.2f} "
+            f"({r['agem_ratio']:.2f}) | {r['gem_step_ms']:.2f} ({r['gem_ratio']:.2f}) |"
+        )
     print("\n| strategy | bytes / sample | input bytes | buffer bytes |\n|---|---:|---:|---:|")
     for r in memory:
-        print(f"| {r['strategy']} | {r['bytes_per_sample']} | {r['input_bytes_per_sample']} | "
-              f"{r['buffer_bytes']} |")
+        print(f"| {r['strategy']} | {r['bytes_per_sample']} | {r['input_bytes_per_sample']} | {r['buffer_bytes']} |")
     print("\n| rows | sample() us | per-sample Python loop us |\n|---:|---:|---:|")
     for r in sampling[:-1]:
         print(f"| {r['rows']} | {r['sample_us']:.1f} | {r['python_loop_us']:.1f} |")

@@ -40,9 +40,7 @@ def configure_threads(threads: int) -> None:
 
 def resolved_config(benchmark: str, scenario: str | None = None, **values: Any) -> RunConfig:
     """The benchmark's defaults (tasks, epochs, model, hidden) with ``values`` on top."""
-    return resolve(
-        make_config(benchmark=benchmark, scenario=scenario, strategies=["naive"], **values)
-    )
+    return resolve(make_config(benchmark=benchmark, scenario=scenario, strategies=["naive"], **values))
 
 
 def load(config: RunConfig, seed: int = 0) -> Scenario:
@@ -70,9 +68,7 @@ class Stopwatch:
 
 
 # -- the two sides of every comparison ----------------------------------------------------------
-def plain_loop(
-    scenario: Scenario, config: RunConfig, seed: int, watch: Stopwatch | None = None
-) -> float:
+def plain_loop(scenario: Scenario, config: RunConfig, seed: int, watch: Stopwatch | None = None) -> float:
     """The reference: what a researcher would write by hand, no library involved.
 
     Same arithmetic as the learner running ``naive``: slice a batch by a seeded permutation of
@@ -227,6 +223,11 @@ class PeakRSS:
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
             self._peak = max(self._peak, current_rss_bytes())
+
+    @property
+    def peak_so_far_bytes(self) -> int:
+        """Highest resident memory the sampler has seen so far (readable while the block runs)."""
+        return self._peak
 
     def __enter__(self) -> PeakRSS:
         before = current_rss_bytes()

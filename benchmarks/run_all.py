@@ -112,9 +112,7 @@ SCALING_STRATEGIES = ("naive", "ewc", "online-ewc", "gem")
 
 # -- helpers ------------------------------------------------------------------------------------
 def _error_text(error: BaseException) -> str:
-    return f"error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[
-        :200
-    ]
+    return f"error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
 
 
 def _scenario_kind(strategy_cls: type) -> str:
@@ -122,9 +120,7 @@ def _scenario_kind(strategy_cls: type) -> str:
     return "class" if "class" in strategy_cls.scenarios else "task"
 
 
-def subsample(
-    scenario: Scenario, n_tasks: int, n_train: int | None, n_test: int | None
-) -> Scenario:
+def subsample(scenario: Scenario, n_tasks: int, n_train: int | None, n_test: int | None) -> Scenario:
     """The first ``n_tasks`` tasks, each cut to its first ``n_train`` / ``n_test`` rows."""
     tasks = [
         Task(
@@ -156,9 +152,7 @@ def cpu_name() -> str:
 
 def forward_flops_per_sample(model: nn.Module) -> int:
     """Multiply-adds x 2 of every Linear layer (the MLP's whole forward cost)."""
-    return sum(
-        2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear)
-    )
+    return sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
 
 
 class ScenarioCache:
@@ -168,9 +162,7 @@ class ScenarioCache:
         self.threads = threads
         self._cache: dict[tuple[str, str | None, int | None], tuple[RunConfig, Scenario]] = {}
 
-    def get(
-        self, benchmark: str, kind: str | None, tasks: int | None = None
-    ) -> tuple[RunConfig, Scenario]:
+    def get(self, benchmark: str, kind: str | None, tasks: int | None = None) -> tuple[RunConfig, Scenario]:
         key = (benchmark, kind, tasks)
         if key not in self._cache:
             config = resolved_config(benchmark, kind, tasks=tasks, threads=self.threads)
@@ -317,9 +309,7 @@ def bench_strategies(args: argparse.Namespace, cache: ScenarioCache) -> dict[str
         }
         for kind in used_kinds
     }
-    config, scenario = (
-        scenarios["class"] if "class" in scenarios else next(iter(scenarios.values()))
-    )
+    config, scenario = scenarios["class"] if "class" in scenarios else next(iter(scenarios.values()))
     return {
         "benchmark": args.benchmark,
         "tasks": scenario.num_tasks,
@@ -344,9 +334,7 @@ def bench_fisher(args: argparse.Namespace, cache: ScenarioCache) -> dict[str, An
         return {"status": "not available"}
     config, scenario = cache.get(args.benchmark, "class")
     torch.manual_seed(0)
-    model = build_model(
-        config.model or "mlp", scenario.input_shape, scenario.head_sizes, False, config.hidden
-    )
+    model = build_model(config.model or "mlp", scenario.input_shape, scenario.head_sizes, False, config.hidden)
     task = scenario.tasks[0]
     n = min(args.fisher_samples, task.num_train)
     x, y = scenario.to_float(task.train_x[:n]), task.train_y[:n]
@@ -372,10 +360,7 @@ def bench_fisher(args: argparse.Namespace, cache: ScenarioCache) -> dict[str, An
                 times[m].append(stopwatch(partial(fn, m)))
         reference = results["loop"]
         error = max(
-            float(
-                (results["identity"][k] - reference[k]).abs().max()
-                / reference[k].abs().max().clamp_min(1e-30)
-            )
+            float((results["identity"][k] - reference[k]).abs().max() / reference[k].abs().max().clamp_min(1e-30))
             for k in reference
         )
         out[label] = {
@@ -410,9 +395,7 @@ def bench_buffer(args: argparse.Namespace, cache: ScenarioCache) -> dict[str, An
     rows = []
     for label, case in cases.items():
         capacity = config.buffer_size
-        buffer = MemoryBuffer(
-            capacity, case["selection"], seed=0, num_groups=scenario.head_sizes[0]
-        )
+        buffer = MemoryBuffer(capacity, case["selection"], seed=0, num_groups=scenario.head_sizes[0])
 
         def add(buffer=buffer, case=case) -> None:
             for start in range(0, raw.shape[0], batch):
@@ -453,9 +436,7 @@ def bench_eval(args: argparse.Namespace, cache: ScenarioCache) -> dict[str, Any]
     )
     rows = scenario.num_tasks
     task_accuracies(model, scenario, config.eval_batch_size, tasks=[0])  # warm-up
-    seconds = stopwatch(
-        lambda: [task_accuracies(model, scenario, config.eval_batch_size) for _ in range(rows)]
-    )
+    seconds = stopwatch(lambda: [task_accuracies(model, scenario, config.eval_batch_size) for _ in range(rows)])
     test_rows = sum(int(t.test_y.shape[0]) for t in scenario.tasks) * rows
     flops = forward_flops_per_sample(model) * test_rows
     return {
@@ -505,9 +486,7 @@ def bench_llm(args: argparse.Namespace, cache: ScenarioCache) -> dict[str, Any]:
         out.update(status="ok", model=report.get("model"), seq_len=report.get("seq_len"))
     else:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        out.update(
-            status="partial" if runs else "not measured", reason=f"bench_hf.py failed: {last}"
-        )
+        out.update(status="partial" if runs else "not measured", reason=f"bench_hf.py failed: {last}")
     if "plain" in runs:
         out["tokens_per_second"] = runs["plain"]["tokens_per_second"]
     return out
@@ -624,9 +603,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         ]
         for row in section["rows"]:
             if row["status"] != "ok":
-                lines.append(
-                    f"| {row['strategy']} | {row['family']} | - | {row['status']} |||||||| "
-                )
+                lines.append(f"| {row['strategy']} | {row['family']} | - | {row['status']} |||||||| ")
                 continue
             lines.append(
                 f"| {row['strategy']} | {row['family']} | {row['scenario']}-IL "
@@ -635,11 +612,7 @@ def to_markdown(results: dict[str, Any]) -> str:
                 f"| {_f(row['acc'], '.3f')} | {_f(row['bwt'], '.3f')} "
                 f"| {_ratio(row['ratio_plain'])} | {_ratio(row['ratio_naive'])} | {_target(row)} |"
             )
-        notes = [
-            f"{r['strategy']} ({r['scenario']}-IL): {r['note']}"
-            for r in section["rows"]
-            if r.get("note")
-        ]
+        notes = [f"{r['strategy']} ({r['scenario']}-IL): {r['note']}" for r in section["rows"] if r.get("note")]
         lines += ["", *[f"- {n}" for n in notes], ""] if notes else [""]
     fisher = results.get("fisher")
     if fisher:
@@ -653,8 +626,7 @@ def to_markdown(results: dict[str, Any]) -> str:
                     fisher["target"], "met" if fisher["target_met"] else "**missed**"
                 ),
                 "",
-                "| statistic | batched s | vmap s | loop s | batched speed-up | vmap speed-up "
-                "| max rel. diff |",
+                "| statistic | batched s | vmap s | loop s | batched speed-up | vmap speed-up | max rel. diff |",
                 "|---|---|---|---|---|---|---|",
             ]
             for label in ("fisher_sampled", "mas"):
@@ -687,8 +659,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     ev = results.get("eval")
     if ev:
         lines += [
-            f"## Evaluation: {ev['matrix']} accuracy matrix "
-            f"({ev['benchmark']}, {ev['scenario']}-IL)",
+            f"## Evaluation: {ev['matrix']} accuracy matrix ({ev['benchmark']}, {ev['scenario']}-IL)",
             "",
             f"{ev['seconds']:.2f} s for {ev['tasks']} x {ev['tasks']} task evaluations of "
             f"{ev['test_samples_per_task']} test samples "
@@ -718,8 +689,7 @@ def to_markdown(results: dict[str, Any]) -> str:
             f"{scaling['scenario']}-IL, {scaling['train_samples_per_task']} training / "
             f"{scaling['test_samples_per_task']} test samples per task, subsampled)",
             "",
-            "| strategy | tasks | wall s | train s | eval s | first task train s "
-            "| last task train s | ACC |",
+            "| strategy | tasks | wall s | train s | eval s | first task train s | last task train s | ACC |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for row in sorted(scaling["rows"], key=lambda r: (r["strategy"], r["tasks"])):
@@ -766,21 +736,15 @@ def _str_list(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (fixed)")
-    parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results"), help="folder for suite.json/.md"
-    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for suite.json/.md")
     parser.add_argument(
         "--sections",
         type=_str_list,
         default=list(SECTIONS),
         help="comma list of " + ",".join(SECTIONS),
     )
-    parser.add_argument(
-        "--benchmark", default="split-fmnist", help="benchmark of the strategies table"
-    )
-    parser.add_argument(
-        "--strategies", type=_str_list, default=None, help="comma list (default: all)"
-    )
+    parser.add_argument("--benchmark", default="split-fmnist", help="benchmark of the strategies table")
+    parser.add_argument("--strategies", type=_str_list, default=None, help="comma list (default: all)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timed rounds")
     parser.add_argument(
         "--max-strategy-seconds",
@@ -812,9 +776,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", default=None, help="profile one strategy instead of the suite")
     parser.add_argument("--profile-rows", type=int, default=25)
-    parser.add_argument(
-        "--verbose", action="store_true", help="print tracebacks of failing strategies"
-    )
+    parser.add_argument("--verbose", action="store_true", help="print tracebacks of failing strategies")
     args = parser.parse_args(argv)
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:

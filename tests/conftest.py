@@ -11,9 +11,7 @@ import torch
 torch.set_num_threads(1)
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-HAS_FMNIST = (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists() or bool(
-    os.environ.get("FORGETLESS_DATA")
-)
+HAS_FMNIST = (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists() or bool(os.environ.get("FORGETLESS_DATA"))
 requires_fmnist = pytest.mark.skipif(
     not HAS_FMNIST, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
 )
@@ -22,6 +20,7 @@ requires_fmnist = pytest.mark.skipif(
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
 
 # property tests draw their examples from a fixed seed: the suite is deterministic
 from hypothesis import settings  # noqa: E402

@@ -58,9 +58,7 @@ def tiny_learner(
     config = make_config(**values)
     strategies = make_strategies(combination, params or {}, scenario="task") if combination else []
     torch.manual_seed(0)
-    network = build_model(
-        model, scenario.input_shape, scenario.head_sizes, True, hidden or [16, 12]
-    )
+    network = build_model(model, scenario.input_shape, scenario.head_sizes, True, hidden or [16, 12])
     return Learner(scenario, network, strategies, config, seed=0)
 
 
@@ -141,9 +139,7 @@ def test_progressive_forward_matches_eq1_and_reports_growth() -> None:
 # -- PackNet ------------------------------------------------------------------------------
 def reference_prune(weight: torch.Tensor, owner: torch.Tensor, keep: float) -> list[float]:
     """Slow reference: magnitudes of the ``keep`` largest free weights, largest first."""
-    free = [
-        abs(float(weight.view(-1)[i])) for i in range(weight.numel()) if owner.view(-1)[i] == FREE
-    ]
+    free = [abs(float(weight.view(-1)[i])) for i in range(weight.numel()) if owner.view(-1)[i] == FREE]
     return sorted(free, reverse=True)[: round(keep * len(free))]
 
 
@@ -167,12 +163,7 @@ def test_packnet_prunes_by_magnitude_masks_never_overlap_and_owned_weights_freez
             assert sorted(kept.tolist(), reverse=True) == reference_prune(weight, owner, 0.5)
             released = (owner == FREE) & (new_owner == FREE)
             assert kept.min() >= weight[released].abs().max()
-        owned_values.append(
-            [
-                torch.where(o == task, w, 0.0).clone()
-                for w, o in zip(strategy.weights(), net.owners())
-            ]
-        )
+        owned_values.append([torch.where(o == task, w, 0.0).clone() for w, o in zip(strategy.weights(), net.owners())])
     # owner maps: each weight belongs to one task or is free, so per-task masks cannot overlap;
     # every task kept half of what was free
     for weight, owner in zip(strategy.weights(), net.owners()):
@@ -181,9 +172,7 @@ def test_packnet_prunes_by_magnitude_masks_never_overlap_and_owned_weights_freez
             for b in range(a + 1, n_tasks):
                 assert not (masks[a] & masks[b]).any()
         free = owner == FREE
-        assert torch.equal(
-            sum(m.int() for m in masks) + free.int(), torch.ones_like(owner, dtype=torch.int)
-        )
+        assert torch.equal(sum(m.int() for m in masks) + free.int(), torch.ones_like(owner, dtype=torch.int))
         assert torch.all(weight[free] == 0)
     report = strategy.report()
     assert report["capacity_left_after_task"] == pytest.approx([0.5, 0.25, 0.125], abs=0.01)
@@ -228,9 +217,7 @@ def test_supermask_weights_stay_fixed_masks_keep_k_and_bytes_are_reported() -> N
         # the forward is the random network with the mask applied (reference written out)
         x = learner.scenario.to_float(learner.scenario.tasks[task].test_x).flatten(1)
         w1, w2 = (torch.where(masks[n], fixed[n], 0.0) for n in sizes)
-        wh = torch.where(
-            masks[f"head.heads.{task}.weight"], fixed[f"head.heads.{task}.weight"], 0.0
-        )
+        wh = torch.where(masks[f"head.heads.{task}.weight"], fixed[f"head.heads.{task}.weight"], 0.0)
         expected = F.relu(F.relu(x @ w1.T) @ w2.T) @ wh.T
         assert torch.allclose(test_logits(learner, task), expected, atol=1e-5)
     per_task = sum(math.ceil(s / 8) for s in sizes.values()) + math.ceil(24 / 8)
@@ -277,9 +264,7 @@ def test_lora_and_adapter_with_a_pretrained_backbone_never_train_it() -> None:
         after = learner.model.backbone.state_dict()
         for key, value in backbone.items():
             match = [
-                v
-                for k, v in after.items()
-                if k.replace("base_model.model.", "").replace("base_layer.", "") == key
+                v for k, v in after.items() if k.replace("base_model.model.", "").replace("base_layer.", "") == key
             ]
             assert torch.equal(match[0], value), (method, key)
         assert learner.result.matrix.diagonal().min() > 0.7
@@ -336,9 +321,7 @@ def test_task_id_methods_refuse_class_and_domain_il_naming_the_supported_scenari
         ("adapter", "bottleneck", 0),
     ],
 )
-def test_out_of_range_hyperparameters_give_one_line_errors_naming_the_field(
-    method, field, value
-) -> None:
+def test_out_of_range_hyperparameters_give_one_line_errors_naming_the_field(method, field, value) -> None:
     with pytest.raises(ConfigError) as error:
         make_strategies(method, {method: {field: value}}, scenario="task")
     assert f"{method}.{field}" in str(error.value)

@@ -48,9 +48,7 @@ def test_isolation_reports_parameters_and_bytes(isolation_runs) -> None:
     report = {m: isolation_runs.runs[m][0].report[m] for m in ISOLATION}
     progressive = report["progressive"]["parameters_after_task"]
     assert all(b > a for a, b in zip(progressive, progressive[1:]))  # a column per task
-    assert report["packnet"]["capacity_left_after_task"] == pytest.approx(
-        [0.8, 0.6, 0.4, 0.2, 0.0], abs=1e-3
-    )
+    assert report["packnet"]["capacity_left_after_task"] == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.0], abs=1e-3)
     # 784x400 + 400x400 backbone + 5 heads 400x2, one bit each, per task
     per_task = (784 * 400 + 400 * 400 + 400 * 2) // 8
     assert report["supermask"]["mask_bytes"] == 5 * per_task
@@ -59,9 +57,7 @@ def test_isolation_reports_parameters_and_bytes(isolation_runs) -> None:
 
 def test_safety_brake_limits_the_drop_under_naive_fine_tuning() -> None:
     threshold = 0.05
-    result = run_experiment(
-        fmnist_config(strategies=["naive"], seeds=1, stop_if_drop=threshold, eval_every=10)
-    )
+    result = run_experiment(fmnist_config(strategies=["naive"], seeds=1, stop_if_drop=threshold, eval_every=10))
     run = result.runs["naive"][0]
     matrix = run.matrix
     for task in range(1, matrix.shape[0]):
@@ -77,7 +73,4 @@ def test_safety_brake_limits_the_drop_under_naive_fine_tuning() -> None:
         if task not in run.stopped_early:
             assert matrix[task, task] > 0.9
     unbraked = run_experiment(fmnist_config(strategies=["naive"], seeds=1)).runs["naive"][0].matrix
-    assert (
-        summarize(matrix, run.baseline, None)["bwt"]
-        > summarize(unbraked, run.baseline, None)["bwt"]
-    )
+    assert summarize(matrix, run.baseline, None)["bwt"] > summarize(unbraked, run.baseline, None)["bwt"]

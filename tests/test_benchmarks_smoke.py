@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,9 +62,7 @@ def test_json_schema(suite: tuple[dict, Path]) -> None:
     assert naive["ratio_naive"]["median"] == pytest.approx(1.0)
     assert naive["ratio_plain"]["median"] > 0 and naive["target"] == "<= 1.1x plain"
     assert isinstance(naive["target_met"], bool)
-    assert naive["samples_per_second"] == pytest.approx(
-        section["train_samples"] * section["epochs"] / naive["seconds"]
-    )
+    assert naive["samples_per_second"] == pytest.approx(section["train_samples"] * section["epochs"] / naive["seconds"])
 
     fisher = results["fisher"]
     assert fisher["status"] == "ok" and fisher["samples"] == 16
@@ -84,9 +83,7 @@ def test_json_schema(suite: tuple[dict, Path]) -> None:
     scaling = results["scaling"]
     assert scaling["not_available"] == ["not-a-strategy"]
     assert [(r["strategy"], r["tasks"]) for r in scaling["rows"]] == [("naive", 2), ("naive", 3)]
-    assert all(
-        r["train_seconds"] + r["eval_seconds"] <= r["seconds"] * 1.5 for r in scaling["rows"]
-    )
+    assert all(r["train_seconds"] + r["eval_seconds"] <= r["seconds"] * 1.5 for r in scaling["rows"])
 
 
 def test_markdown_has_every_section(suite: tuple[dict, Path]) -> None:
@@ -125,8 +122,15 @@ def test_paired_ratios_pairs_rounds() -> None:
 
 
 def test_peak_rss_sees_an_allocation() -> None:
+    # Hold the block until the sampler thread has had its turn: on a busy CI machine the thread
+    # may not be scheduled during a short-lived allocation, which is a missed sample, not a bug.
     with common.PeakRSS(interval=0.001) as memory:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
         block.add_(1)
+        deadline = time.monotonic() + 10.0
+        while memory.peak_so_far_bytes < memory.reading.before_bytes + 48 * 2**20:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         del block
     assert memory.reading.peak_bytes >= memory.reading.before_bytes + 48 * 2**20

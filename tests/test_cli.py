@@ -55,12 +55,23 @@ def test_run_writes_results_folder(tmp_path: Path) -> None:
 
 def test_yaml_config_equals_flags(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("benchmark: split-digits\nscenario: task\nstrategies: [naive]\nepochs: 2\n"
-                      "tasks: 3\nthreads: 1\n")
+    config.write_text("benchmark: split-digits\nscenario: task\nstrategies: [naive]\nepochs: 2\ntasks: 3\nthreads: 1\n")
     a = forgetless("run", "--config", str(config), "--out", str(tmp_path / "a"), "--quiet")
     b = forgetless(
-        "run", "--scenario", "task", "--strategies", "naive", "--epochs", "2", "--tasks", "3",
-        "--threads", "1", "--out", str(tmp_path / "b"), "--quiet",
+        "run",
+        "--scenario",
+        "task",
+        "--strategies",
+        "naive",
+        "--epochs",
+        "2",
+        "--tasks",
+        "3",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "b"),
+        "--quiet",
     )
     assert a.returncode == b.returncode == 0, a.stderr + b.stderr
     ma = json.loads((tmp_path / "a" / "metrics.json").read_text())["runs"]["naive"][0]
@@ -113,9 +124,23 @@ def test_missing_data_names_where_it_looked(tmp_path: Path) -> None:
     env_dir = tmp_path / "empty"
     env_dir.mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "forgetless.cli.main", "run", "--benchmark", "split-mnist",
-         "--no-download", "--data-dir", str(env_dir), "--quiet", "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "forgetless.cli.main",
+            "run",
+            "--benchmark",
+            "split-mnist",
+            "--no-download",
+            "--data-dir",
+            str(env_dir),
+            "--quiet",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "FORGETLESS_DATA": ""},
     )
     assert done.returncode == 2

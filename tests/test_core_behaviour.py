@@ -14,9 +14,7 @@ pytestmark = [pytest.mark.slow, requires_fmnist]
 
 
 def test_naive_forgets_class_il_split_fmnist_and_joint_does_not() -> None:
-    config = make_config(
-        benchmark="split-fmnist", scenario="class", strategies=["naive", "joint"], threads=1
-    )
+    config = make_config(benchmark="split-fmnist", scenario="class", strategies=["naive", "joint"], threads=1)
     result = run_experiment(config)
     naive, joint = result.runs["naive"][0].matrix, result.runs["joint"][0].matrix
     print("naive", np.round(naive, 3), "joint", np.round(joint, 3), sep="\n")
@@ -27,9 +25,7 @@ def test_naive_forgets_class_il_split_fmnist_and_joint_does_not() -> None:
 
 
 def test_task_il_with_seeds_reports_mean_and_std() -> None:
-    config = make_config(
-        benchmark="split-fmnist", scenario="task", strategies=["naive"], seeds=2, threads=1
-    )
+    config = make_config(benchmark="split-fmnist", scenario="task", strategies=["naive"], seeds=2, threads=1)
     result = run_experiment(config)
     summary = result.summary()["naive"]
     assert len(result.runs["naive"]) == 2

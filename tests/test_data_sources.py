@@ -196,9 +196,7 @@ def test_cifar10_extracted_folder(tmp_path: Path) -> None:
 
 def test_cifar10_tarball_is_read_without_extracting(tmp_path: Path) -> None:
     src = write_cifar10(tmp_path / "src")
-    members = {
-        f"cifar-10-batches-bin/{n}": (tmp_path / "src" / n).read_bytes() for n in CIFAR10_NAMES
-    }
+    members = {f"cifar-10-batches-bin/{n}": (tmp_path / "src" / n).read_bytes() for n in CIFAR10_NAMES}
     members["../evil.bin"] = b"x"  # a path-traversal member must be ignored, never written
     make_tarball(tmp_path / "c" / "cifar-10-binary.tar.gz", members)
     d = load_cifar10(data_dir=tmp_path / "c", download=False)
@@ -276,9 +274,7 @@ def test_a_folder_needs_every_file(isolated: Path) -> None:
     assert found == isolated / "system" / "mnist"
 
 
-def test_offline_gives_one_line_error_listing_folders(
-    isolated: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_offline_gives_one_line_error_listing_folders(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
     def offline(url: str, dest: Path, timeout: float = 60.0) -> None:
@@ -312,9 +308,7 @@ def test_download_off_never_downloads() -> None:
         load_mnist(download=False)
 
 
-def test_checksum_mismatch_removes_the_bad_file(
-    isolated: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_checksum_mismatch_removes_the_bad_file(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def corrupt(url: str, dest: Path, timeout: float = 60.0) -> None:
         dest.write_bytes(b"not the real tarball")
 
@@ -324,13 +318,9 @@ def test_checksum_mismatch_removes_the_bad_file(
     assert list((isolated / "cache" / "forgetless" / "cifar10").iterdir()) == []
 
 
-def test_download_tries_mirrors_and_renames_verified_file(
-    isolated: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_download_tries_mirrors_and_renames_verified_file(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     payload = b"hello"
-    remote = {
-        "toy": (("http://down/", "http://up/"), {"x.bin": hashlib.sha256(payload).hexdigest()})
-    }
+    remote = {"toy": (("http://down/", "http://up/"), {"x.bin": hashlib.sha256(payload).hexdigest()})}
     monkeypatch.setattr(files, "REMOTE_FILES", remote)
 
     def flaky(url: str, dest: Path, timeout: float = 60.0) -> None:
@@ -353,9 +343,7 @@ def test_from_tensors_uint8_and_float() -> None:
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     d = from_tensors("mine", x, y, x[:3], y[:3], class_names=("a", "b", "c"))
     assert d.max_value == 255.0 and d.num_classes == 3 and d.input_shape == (2, 4, 4)
-    f = from_tensors(
-        "f", np.random.rand(4, 5, 5), np.array([0, 1, 0, 3]), np.zeros((2, 5, 5)), [1, 0]
-    )
+    f = from_tensors("f", np.random.rand(4, 5, 5), np.array([0, 1, 0, 3]), np.zeros((2, 5, 5)), [1, 0])
     assert f.train_x.dtype == torch.float32 and f.train_x.shape == (4, 1, 5, 5)
     assert f.max_value == 1.0 and f.num_classes == 4 and f.train_y.dtype == torch.int64
 

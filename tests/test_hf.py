@@ -34,8 +34,16 @@ CODE = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n" * 80
 
 
 def tiny_config() -> GPT2Config:
-    return GPT2Config(vocab_size=257, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                      bos_token_id=256, eos_token_id=256, pad_token_id=256)
+    return GPT2Config(
+        vocab_size=257,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=256,
+        eos_token_id=256,
+        pad_token_id=256,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +58,18 @@ def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_run(folder: Path, **changes) -> FinetuneConfig:
-    values = dict(model=str(folder), task=str(folder.parent / "code.txt"),
-                  keep=[f"perplexity:{folder.parent / 'prose.txt'}"], steps=4, batch_size=4,
-                  seq_len=32, eval_every=2, eval_size=4, train_size=16, lr=1e-2)
+    values = dict(
+        model=str(folder),
+        task=str(folder.parent / "code.txt"),
+        keep=[f"perplexity:{folder.parent / 'prose.txt'}"],
+        steps=4,
+        batch_size=4,
+        seq_len=32,
+        eval_every=2,
+        eval_size=4,
+        train_size=16,
+        lr=1e-2,
+    )
     return FinetuneConfig(**{**values, **changes})
 
 
@@ -101,8 +118,7 @@ def test_l2sp_is_zero_at_anchor_and_has_the_analytic_gradient() -> None:
 def test_ewc_is_zero_at_anchor_and_has_the_analytic_gradient() -> None:
     model = GPT2LMHeadModel(tiny_config())
     generator = torch.Generator().manual_seed(2)
-    fisher = {n: torch.rand(p.shape, generator=generator) for n, p in model.named_parameters()
-              if ".h.0." in n}
+    fisher = {n: torch.rand(p.shape, generator=generator) for n, p in model.named_parameters() if ".h.0." in n}
     penalty = ewc_penalty(model, fisher, lam=10.0)
     assert float(penalty.penalty(model).detach()) == 0.0
     deltas = _perturb(model, 3)
@@ -113,8 +129,7 @@ def test_ewc_is_zero_at_anchor_and_has_the_analytic_gradient() -> None:
     assert float(value.detach()) == pytest.approx(expected, rel=1e-4)
     for name, p in model.named_parameters():
         if name in fisher:
-            torch.testing.assert_close(p.grad, 10.0 * fisher[name] * deltas[name], rtol=1e-4,
-                                       atol=1e-8)
+            torch.testing.assert_close(p.grad, 10.0 * fisher[name] * deltas[name], rtol=1e-4, atol=1e-8)
         else:
             assert p.grad is None or not p.grad.any()
 
@@ -126,14 +141,12 @@ def test_fisher_uses_model_sampled_tokens_and_a_module_subset() -> None:
     model = GPT2LMHeadModel(tiny_config())
     blocks = torch.randint(0, 257, (6, 12))
     capability = Perplexity("p", blocks[:2], blocks)
-    fisher = estimate_fisher(model, capability, 4, torch.Generator().manual_seed(0),
-                             modules=["transformer.h.1"])
+    fisher = estimate_fisher(model, capability, 4, torch.Generator().manual_seed(0), modules=["transformer.h.1"])
     assert fisher and all(n.startswith("transformer.h.1.") for n in fisher)
     assert all(v.dtype == torch.float32 and (v >= 0).all() for v in fisher.values())
     assert all(p.requires_grad for p in model.parameters())  # restored
     # Reference for one row: the squared gradient of the NLL of tokens drawn from the model.
-    one = estimate_fisher(model, capability, 1, torch.Generator().manual_seed(5),
-                          modules=["transformer.ln_f"])
+    one = estimate_fisher(model, capability, 1, torch.Generator().manual_seed(5), modules=["transformer.ln_f"])
     generator = torch.Generator().manual_seed(5)
     row = torch.randperm(6, generator=generator)[:1]
     ids = blocks[row]
@@ -147,8 +160,7 @@ def test_fisher_uses_model_sampled_tokens_and_a_module_subset() -> None:
 # -- mixing ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("ratio,batch", [(0.25, 16), (0.1, 20), (0.5, 6), (0.0, 8)])
 def test_mixing_sampler_delivers_the_ratio_in_every_batch(ratio: float, batch: int) -> None:
-    sampler = MixingBatchSampler(n_task=37, n_general=11, batch_size=batch, ratio=ratio,
-                                 num_batches=50, seed=0)
+    sampler = MixingBatchSampler(n_task=37, n_general=11, batch_size=batch, ratio=ratio, num_batches=50, seed=0)
     k = round(ratio * batch)
     seen_task: list[int] = []
     for indices in sampler:
@@ -183,13 +195,11 @@ def test_replay_loss_is_the_row_weighted_mean(tiny_lm_dir: Path) -> None:
     args = TrainingArguments(output_dir=str(tiny_lm_dir.parent / "t"), report_to=[], use_cpu=True)
     task = torch.randint(0, 257, (3, 8))
     replay = torch.randint(0, 257, (1, 8))
-    trainer = ForgetlessTrainer(model=model, args=args,
-                                replay_loss=lambda m, b: m(input_ids=b["input_ids"],
-                                                           labels=b["input_ids"]).loss)
-    loss = trainer.compute_loss(model, {"task": {"input_ids": task, "labels": task},
-                                        "replay": {"input_ids": replay}})
-    expected = (3 * model(input_ids=task, labels=task).loss
-                + model(input_ids=replay, labels=replay).loss) / 4
+    trainer = ForgetlessTrainer(
+        model=model, args=args, replay_loss=lambda m, b: m(input_ids=b["input_ids"], labels=b["input_ids"]).loss
+    )
+    loss = trainer.compute_loss(model, {"task": {"input_ids": task, "labels": task}, "replay": {"input_ids": replay}})
+    expected = (3 * model(input_ids=task, labels=task).loss + model(input_ids=replay, labels=replay).loss) / 4
     torch.testing.assert_close(loss, expected)
 
 
@@ -216,21 +226,30 @@ def test_callback_stops_at_the_crossing_and_restores_the_best_weights(tiny_lm_di
 
     class Record(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            weights_at[state.global_step] = {n: p.detach().clone()
-                                             for n, p in model.named_parameters()}
+            weights_at[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     # evaluations at steps 0, 2, 4, 6: drops 0, 0.05, 0.10 (== threshold: kept), 0.11 (stop)
     tracker = CapabilityTracker([Scripted([0.9, 0.85, 0.8, 0.79, 0.5])], eval_every=2)
     guard = ForgettingCallback(tracker, stop_if_drop=0.1)
     model = GPT2LMHeadModel.from_pretrained(tiny_lm_dir)
     ids = torch.randint(0, 257, (64, 16))
-    args = TrainingArguments(output_dir=str(tiny_lm_dir.parent / "cb"), max_steps=20,
-                             per_device_train_batch_size=4, learning_rate=1e-2, report_to=[],
-                             save_strategy="no", logging_strategy="no", use_cpu=True,
-                             disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=RowsDataset({"input_ids": ids,
-                                                                         "labels": ids}),
-                      callbacks=[Record(), guard])
+    args = TrainingArguments(
+        output_dir=str(tiny_lm_dir.parent / "cb"),
+        max_steps=20,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=RowsDataset({"input_ids": ids, "labels": ids}),
+        callbacks=[Record(), guard],
+    )
     trainer.train()
     assert guard.stopped_at == 6
     assert trainer.state.global_step == 6
@@ -240,8 +259,9 @@ def test_callback_stops_at_the_crossing_and_restores_the_best_weights(tiny_lm_di
     assert summary["capabilities"]["scripted"]["after"] == pytest.approx(0.8)
     for name, p in model.named_parameters():
         assert torch.equal(p, weights_at[4][name]), name
-    assert not torch.equal(weights_at[4]["transformer.h.0.attn.c_attn.weight"],
-                           weights_at[6]["transformer.h.0.attn.c_attn.weight"])
+    assert not torch.equal(
+        weights_at[4]["transformer.h.0.attn.c_attn.weight"], weights_at[6]["transformer.h.0.attn.c_attn.weight"]
+    )
 
 
 def test_tracker_needs_a_capability() -> None:
@@ -254,8 +274,11 @@ def test_lora_leaves_every_base_weight_bit_identical(tiny_lm_dir: Path) -> None:
     original = GPT2LMHeadModel.from_pretrained(tiny_lm_dir).state_dict()
     summary = run_finetune(small_run(tiny_lm_dir, lora=True, lora_targets=["c_attn", "c_fc"]))
     model = summary["_model"]
-    base = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
-            for n, p in model.named_parameters() if "lora_" not in n}
+    base = {
+        n.replace("base_model.model.", "").replace(".base_layer", ""): p
+        for n, p in model.named_parameters()
+        if "lora_" not in n
+    }
     assert set(base) >= {n for n in original if n != "lm_head.weight"}
     for name, value in original.items():
         if name in base:
@@ -269,8 +292,16 @@ def test_finetune_with_every_mitigation_reports_forgetting(tiny_lm_dir: Path, tm
 
     from forgetless.integrations.hf.finetune import write_report
 
-    cfg = small_run(tiny_lm_dir, l2sp=1.0, ewc=10.0, ewc_samples=2, replay_ratio=0.25,
-                    layerwise_lr_decay=0.8, warmup_steps=2, unfreeze_every=2)
+    cfg = small_run(
+        tiny_lm_dir,
+        l2sp=1.0,
+        ewc=10.0,
+        ewc_samples=2,
+        replay_ratio=0.25,
+        layerwise_lr_decay=0.8,
+        warmup_steps=2,
+        unfreeze_every=2,
+    )
     summary = run_finetune(cfg)
     assert summary["run"] == "l2sp(1)+ewc(10)+replay(0.25)+llrd(0.8)+unfreeze(2)"
     assert summary["steps"] == [0, 2, 4] and summary["fisher_bytes"] > 0

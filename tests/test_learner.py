@@ -79,9 +79,7 @@ def test_hooks_are_called_and_their_results_used() -> None:
     learner = build_learner(config, scenario, "naive", 0)
     recorder = Recorder()
     learner.strategies.append(recorder)
-    learner.hooks = {
-        h: [s for s in learner.strategies if type(s).overrides(h)] for h in learner.hooks
-    }
+    learner.hooks = {h: [s for s in learner.strategies if type(s).overrides(h)] for h in learner.hooks}
     before = {k: v.clone() for k, v in learner.model.state_dict().items()}
     learner.run()
     steps = sum(learner.result.steps)

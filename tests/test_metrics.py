@@ -57,9 +57,7 @@ def test_rejects_non_square_matrix() -> None:
         average_accuracy(np.zeros((2, 3)))
 
 
-matrices = st.integers(1, 8).flatmap(
-    lambda t: arrays(np.float64, (t, t), elements=st.floats(0.0, 1.0))
-)
+matrices = st.integers(1, 8).flatmap(lambda t: arrays(np.float64, (t, t), elements=st.floats(0.0, 1.0)))
 
 
 @settings(max_examples=200, deadline=None)

@@ -128,7 +128,7 @@ def test_sampling_only_draws_active_outputs():
     logits = torch.full((1000, 10), INACTIVE_LOGIT)
     logits[:, :3] = torch.randn(1000, 3)
     make = fisher_objectives("sampled", None, torch.Generator().manual_seed(0))
-    (_, drawn), = make(logits, torch.arange(1000))
+    ((_, drawn),) = make(logits, torch.arange(1000))
     assert int(drawn.max()) <= 2 and len(drawn.unique()) == 3
     assert torch.softmax(logits, 1)[:, 3:].max() == 0  # softmax gives masked outputs exactly 0
     model = small_model(False, active=3)
@@ -164,8 +164,7 @@ def test_penalty_gradient_is_lambda_fisher_times_displacement():
     fishers, anchors = [], []
     for _ in range(2):
         fisher = {n: torch.rand(p.shape, generator=generator) for n, p in model.named_parameters()}
-        anchor = {n: p.detach() + torch.randn(p.shape, generator=generator) for n, p in
-                  model.named_parameters()}
+        anchor = {n: p.detach() + torch.randn(p.shape, generator=generator) for n, p in model.named_parameters()}
         ewc.penalty.add_term(fisher, anchor)
         fishers.append(fisher)
         anchors.append(anchor)
@@ -209,10 +208,7 @@ def test_online_ewc_fisher_is_the_decayed_sum(monkeypatch):
     ctx = fake_ctx(model)
     gamma, k = 0.7, 4
     generator = torch.Generator().manual_seed(0)
-    per_task = [
-        {n: torch.rand(p.shape, generator=generator) for n, p in model.named_parameters()}
-        for _ in range(k)
-    ]
+    per_task = [{n: torch.rand(p.shape, generator=generator) for n, p in model.named_parameters()} for _ in range(k)]
     calls = iter(per_task)
     monkeypatch.setattr(online_ewc_module, "estimate_fisher", lambda ctx, params: next(calls))
     (strategy,) = make_strategies("online-ewc", {"online-ewc": {"gamma": gamma, "ewc_lambda": 3}})
@@ -221,9 +217,7 @@ def test_online_ewc_fisher_is_the_decayed_sum(monkeypatch):
             for p in model.parameters():
                 p.add_(0.1)
         strategy.after_task(ctx)
-    by_hand = {
-        n: sum(gamma ** (k - 1 - j) * per_task[j][n] for j in range(k)) for n in per_task[0]
-    }
+    by_hand = {n: sum(gamma ** (k - 1 - j) * per_task[j][n] for j in range(k)) for n in per_task[0]}
     assert max_diff(strategy.fisher, by_hand) < 1e-6
     assert len(strategy.penalty.terms) == 1  # constant size
     with torch.no_grad():
@@ -314,7 +308,8 @@ def test_l2sp_anchors_trained_parameters_and_decays_new_heads():
         for p in model.parameters():
             p.add_(0.1)
     expected = sum(
-        (0.5 * 0.5 * p.detach().square().sum()) if "heads.1" in n
+        (0.5 * 0.5 * p.detach().square().sum())
+        if "heads.1" in n
         else 0.5 * 2.0 * (p.detach() - start[n]).square().sum()
         for n, p in model.named_parameters()
     )
@@ -420,9 +415,7 @@ def test_zero_samples_for_an_importance_is_a_config_error():
 
 @pytest.mark.parametrize("combination", ["ewc", "online-ewc", "si", "mas", "l2sp", "lwf+ewc"])
 def test_state_dict_round_trip_gives_identical_penalties(combination, tmp_path):
-    config = make_config(
-        benchmark="split-digits", scenario="task", tasks=3, epochs=1, hidden=[16], batch_size=64
-    )
+    config = make_config(benchmark="split-digits", scenario="task", tasks=3, epochs=1, hidden=[16], batch_size=64)
     scenario = build_scenario("split-digits", "task", 3, seed=0)
     torch.manual_seed(0)
     model = build_model("mlp", scenario.input_shape, scenario.head_sizes, True, [16])

@@ -44,9 +44,7 @@ def run(benchmark: str, kind: str, combinations: list[str], seed: int = 0) -> di
     out = {}
     for combination in combinations:
         torch.manual_seed(seed)
-        model = build_model(
-            "mlp", scenario.input_shape, scenario.head_sizes, scenario.uses_task_id, HIDDEN[kind]
-        )
+        model = build_model("mlp", scenario.input_shape, scenario.head_sizes, scenario.uses_task_id, HIDDEN[kind])
         result = Learner(scenario, model, make_strategies(combination), config, seed=seed).run()
         out[combination] = summarize(result.matrix, result.baseline, None)
     return out

@@ -89,9 +89,7 @@ def test_failed_rename_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.M
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
 
 
-def test_interrupted_write_keeps_previous_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupted_write_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "metrics.json"
     fio.atomic_write_json(target, {"version": 1})
 
@@ -141,9 +139,7 @@ def test_checkpoint_swap_interrupted_keeps_a_complete_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
 
 
-def test_existing_run_folder_needs_force(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_existing_run_folder_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "metrics.json").write_text("{}")
     code, _, err = run_cli(["run", *FAST, "--strategies", "naive", "--out", str(tmp_path)], capsys)
     assert code == 2 and "--force" in one_error_line(err)
@@ -230,9 +226,7 @@ def test_corrupt_checkpoint_gives_one_line(
 def test_resume_with_contradicting_flags_says_what_differs(
     finished_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_cli(
-        ["run", "--resume", str(finished_run), "--lr", "0.5", "--set", "ewc.ewc_lambda=3"], capsys
-    )
+    code, _, err = run_cli(["run", "--resume", str(finished_run), "--lr", "0.5", "--set", "ewc.ewc_lambda=3"], capsys)
     line = one_error_line(err)
     assert code == 2 and "lr: 0.001 in the run, 0.5 now" in line and "params" in line
     # repeating the saved values (and changing only where things run) is fine
@@ -267,9 +261,7 @@ def test_resume_checkpoint_from_another_config(
     assert code == 2 and "batch_size: 64 in the run, 7 now" in one_error_line(err)
 
 
-def test_resume_of_a_folder_that_is_not_a_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["run", "--resume", str(tmp_path / "nowhere")], capsys)
     assert code == 2 and "config.yaml" in one_error_line(err)
 
@@ -278,9 +270,7 @@ def test_resume_of_a_folder_that_is_not_a_run(
 def test_unwritable_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code, _, err = run_cli(
-        ["run", *FAST, "--strategies", "naive", "--out", str(blocker / "run")], capsys
-    )
+    code, _, err = run_cli(["run", *FAST, "--strategies", "naive", "--out", str(blocker / "run")], capsys)
     assert code == 2 and "--out" in one_error_line(err)
 
 
@@ -397,9 +387,7 @@ JSON_LEAVES = (
 )
 VALUES = st.recursive(
     JSON_LEAVES,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
 FIELDS = sorted(RunConfig.model_fields)
@@ -416,9 +404,7 @@ def test_fuzz_config_values(values: dict[str, Any]) -> None:
         assert isinstance(config, RunConfig)
 
 
-@settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=80) | VALUES.map(lambda v: yaml.safe_dump(v)))
 def test_fuzz_config_files(tmp_path: Path, text: str) -> None:
     path = tmp_path / "config.yaml"
@@ -570,9 +556,7 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(plots, name, lambda *args, **kwargs: None)
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     options=OPTIONS | VALID_OPTIONS,
     where=st.sampled_from(["fresh", "existing", "file", "resume", "resume-missing"]),
@@ -597,10 +581,7 @@ def test_fuzz_cli_never_shows_a_traceback(
         (root / "f").write_text("x")
         tail = ["--out", str(root / "f")]
     elif where == "resume":
-        assert (
-            run_cli(["run", *FAST, "--strategies", "naive", "--out", str(root / "r")], capsys)[0]
-            == 0
-        )
+        assert run_cli(["run", *FAST, "--strategies", "naive", "--out", str(root / "r")], capsys)[0] == 0
         tail = ["--resume", str(root / "r")]
     else:
         tail = ["--resume", str(root / "missing")]

@@ -397,8 +397,9 @@ def test_generative_replay_stores_no_data_and_labels_with_the_old_solver() -> No
     assert replay.raw.dtype == torch.uint8 and replay.x.shape == (16, 1, 8, 8)
     assert int(replay.y.max()) < 2  # the old solver only knew classes 0 and 1
     assert gr.report()["stored_samples"] == 0
-    assert not any(isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() > 1
-                   for v in gr.state_dict().values())
+    assert not any(
+        isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() > 1 for v in gr.state_dict().values()
+    )
 
 
 def test_strategy_states_survive_the_checkpoint_format() -> None:

@@ -32,11 +32,25 @@ def _scenario(benchmark: str, kind: str, per_task: int | None, seed: int) -> Sce
     for task in scenario.tasks:
         keep = torch.randperm(task.num_train, generator=generator)[:per_task]
         tasks.append(
-            Task(task.index, task.train_x[keep], task.train_y[keep], task.test_x, task.test_y,
-                 task.classes, task.description)
+            Task(
+                task.index,
+                task.train_x[keep],
+                task.train_y[keep],
+                task.test_x,
+                task.test_y,
+                task.classes,
+                task.description,
+            )
         )
-    return Scenario(scenario.kind, scenario.name, tasks, scenario.input_shape,
-                    scenario.max_value, scenario.head_sizes, scenario.active_outputs)
+    return Scenario(
+        scenario.kind,
+        scenario.name,
+        tasks,
+        scenario.input_shape,
+        scenario.max_value,
+        scenario.head_sizes,
+        scenario.active_outputs,
+    )
 
 
 def final_accuracy(
@@ -76,9 +90,7 @@ def test_agem_beats_naive_in_task_and_domain_il() -> None:
 def test_generative_replay_beats_naive_without_storing_data() -> None:
     naive = final_accuracy("split-digits", "class", "naive", per_task=None)
     learner_config = resolve(make_config(benchmark="split-digits", scenario="class"))
-    learner = build_learner(
-        learner_config, _scenario("split-digits", "class", None, 0), "generative-replay", 0
-    )
+    learner = build_learner(learner_config, _scenario("split-digits", "class", None, 0), "generative-replay", 0)
     acc = float(learner.run().matrix[-1].mean())
     assert acc > naive + 0.08, f"generative replay {acc:.3f} vs naive {naive:.3f}"
     report = learner.result.report["generative-replay"]

@@ -197,9 +197,7 @@ def _cli_args(strategies: str, scenario: str, out: Path, seeds: int = 1) -> list
 def _matrices(out: Path) -> dict[tuple[str, int], np.ndarray]:
     data = json.loads((out / "metrics.json").read_text())
     return {
-        (name, run["seed"]): np.asarray(run["accuracy_matrix"])
-        for name, runs in data["runs"].items()
-        for run in runs
+        (name, run["seed"]): np.asarray(run["accuracy_matrix"]) for name, runs in data["runs"].items() for run in runs
     }
 
 
@@ -255,9 +253,7 @@ def test_kill_inside_checkpoint_write_keeps_previous(tmp_path: Path) -> None:
     saved = ckpt.load_checkpoint(out)  # the 6th checkpoint, complete
     assert saved is not None and saved.learner["loop"]["global_step"] > 0
     assert _cli(["run", "--resume", str(out)]).returncode == 0
-    assert np.array_equal(
-        _matrices(tmp_path / "reference")[("naive", 0)], _matrices(out)[("naive", 0)]
-    )
+    assert np.array_equal(_matrices(tmp_path / "reference")[("naive", 0)], _matrices(out)[("naive", 0)])
 
 
 @pytest.mark.slow
@@ -275,9 +271,7 @@ def test_finished_runs_are_not_rerun(tmp_path: Path) -> None:
     assert _cli(["run", "--resume", str(out)]).returncode == 0
     after = json.loads((out / "metrics.json").read_text())["runs"]
     # timings differ between runs: equal timings mean the finished run was not trained again
-    assert (
-        after["naive"][0]["train_seconds_per_task"] == before["naive"][0]["train_seconds_per_task"]
-    )
+    assert after["naive"][0]["train_seconds_per_task"] == before["naive"][0]["train_seconds_per_task"]
     expected, got = _matrices(reference), _matrices(out)
     assert expected.keys() == got.keys() and len(got) == 4
     for key in expected:

@@ -107,9 +107,7 @@ def test_rotation_by_90_degrees_matches_rot90() -> None:
     x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
     out = rotate_images(x, 90.0)
     assert out.dtype == torch.uint8
-    assert torch.equal(out, torch.rot90(x, k=-1, dims=(2, 3))) or torch.equal(
-        out, torch.rot90(x, k=1, dims=(2, 3))
-    )
+    assert torch.equal(out, torch.rot90(x, k=-1, dims=(2, 3))) or torch.equal(out, torch.rot90(x, k=1, dims=(2, 3)))
     assert torch.equal(rotate_images(x, 0.0), x)
 
 

@@ -50,9 +50,7 @@ def test_explicit_groups_by_argument_and_by_model_method() -> None:
     model = mlp()
     config = make_config(lr=1.0, layerwise_lr_decay=0.1)
     first, second = model.backbone[1], model.backbone[3]
-    opt = build_optimizer(
-        model, config, groups=[list(first.parameters()), list(second.parameters())]
-    )
+    opt = build_optimizer(model, config, groups=[list(first.parameters()), list(second.parameters())])
     rates = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert rates[id(first.weight)] == pytest.approx(0.1)
     assert rates[id(second.weight)] == pytest.approx(1.0)
@@ -110,12 +108,8 @@ class ParamRecorder(Strategy):
         return False
 
 
-@pytest.mark.parametrize(
-    ("optimizer", "extra"), [("adam", {"weight_decay": 0.1}), ("sgd", {"momentum": 0.9})]
-)
-def test_gradual_unfreezing_keeps_frozen_levels_bit_identical_until_their_turn(
-    optimizer, extra
-) -> None:
+@pytest.mark.parametrize(("optimizer", "extra"), [("adam", {"weight_decay": 0.1}), ("sgd", {"momentum": 0.9})])
+def test_gradual_unfreezing_keeps_frozen_levels_bit_identical_until_their_turn(optimizer, extra) -> None:
     learner = tiny_learner("naive", optimizer=optimizer, epochs=3, **extra)
     recorder, every = ParamRecorder(), 3
     unfreeze = GradualUnfreezing(every)
@@ -185,9 +179,7 @@ def test_brake_stops_at_the_first_check_beyond_the_threshold_and_restores_the_be
     best = recorder.history[restored_step]
     for name, param in learner.model.named_parameters():
         assert torch.equal(param, best[name]), name
-    assert not all(
-        torch.equal(p, recorder.history[stop_step][n]) for n, p in learner.model.named_parameters()
-    )
+    assert not all(torch.equal(p, recorder.history[stop_step][n]) for n, p in learner.model.named_parameters())
     entry = brake.report()["tasks"]["1"]
     assert entry["stopped_at_step"] == stop_step and entry["restored_step"] == restored_step
     assert entry["reference"] == pytest.approx(0.9)
@@ -207,10 +199,7 @@ def test_brake_logs_why_it_stopped(caplog) -> None:
     learner.train_task(0)
     with caplog.at_level("WARNING"):
         learner.train_task(1)
-    assert (
-        "task 1 stopped at step 6" in caplog.text
-        and "restored the weights of step 4" in caplog.text
-    )
+    assert "task 1 stopped at step 6" in caplog.text and "restored the weights of step 4" in caplog.text
 
 
 def test_brake_state_round_trip() -> None:

@@ -144,9 +144,7 @@ def prepare_run_dir(path: Path, force: bool = False) -> Path:
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {path} is a file, not a folder: choose another path")
     if path.is_dir() and any(path.iterdir()) and not force:
-        raise OutputError(
-            f"--out {path} already holds a run: choose another folder or pass --force to overwrite"
-        )
+        raise OutputError(f"--out {path} already holds a run: choose another folder or pass --force to overwrite")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"

@@ -53,8 +53,10 @@ def results_table(runs: dict[str, dict[str, Any]], title: str) -> Table:
     for run, summary in runs.items():
         cells = []
         for cap in summary["capabilities"].values():
-            cells += [f"{_fmt(cap['metric'], cap['before'])} → {_fmt(cap['metric'], cap['after'])}",
-                      _drop(cap["metric"], cap["drop"])]
+            cells += [
+                f"{_fmt(cap['metric'], cap['before'])} → {_fmt(cap['metric'], cap['after'])}",
+                _drop(cap["metric"], cap["drop"]),
+            ]
         task = summary["task"]
         cells.append(f"{_fmt(task['metric'], task['before'])} → {_fmt(task['metric'], task['after'])}")
         stopped = f" (stopped {summary['stopped_at']})" if summary.get("stopped_at") else ""
@@ -68,9 +70,13 @@ class LiveProgress:
 
     def __init__(self, quiet: bool) -> None:
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-            console=console, disable=quiet,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
         )
         self.bar: Any = None
 
@@ -127,7 +133,8 @@ def finetune(
     warmup_steps: int = typer.Option(0, help="linear warmup steps"),
     unfreeze_every: int = typer.Option(0, help="gradual unfreezing period in steps (0 = off)"),
     stop_if_drop: Optional[float] = typer.Option(
-        None, help="stop and restore the best weights when a capability drops more than this",
+        None,
+        help="stop and restore the best weights when a capability drops more than this",
     ),
     eval_every: int = typer.Option(20, help="steps between capability evaluations"),
     eval_size: int = typer.Option(256, help="held-out rows per capability"),
@@ -151,13 +158,33 @@ def finetune(
         torch.set_num_threads(threads)
     try:
         cfg = FinetuneConfig(
-            model=model, task=task, keep=keep, objective=objective, text_column=text_column,
-            label_column=label_column, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
-            weight_decay=weight_decay, lora=lora, lora_r=lora_r, lora_targets=_split(lora_targets),
-            l2sp=l2sp, ewc=ewc, ewc_samples=ewc_samples, ewc_modules=_split(ewc_modules),
-            replay_ratio=replay_ratio, layerwise_lr_decay=layerwise_lr_decay,
-            warmup_steps=warmup_steps, unfreeze_every=unfreeze_every, stop_if_drop=stop_if_drop,
-            eval_every=eval_every, eval_size=eval_size, train_size=train_size, seed=seed,
+            model=model,
+            task=task,
+            keep=keep,
+            objective=objective,
+            text_column=text_column,
+            label_column=label_column,
+            steps=steps,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            lr=lr,
+            weight_decay=weight_decay,
+            lora=lora,
+            lora_r=lora_r,
+            lora_targets=_split(lora_targets),
+            l2sp=l2sp,
+            ewc=ewc,
+            ewc_samples=ewc_samples,
+            ewc_modules=_split(ewc_modules),
+            replay_ratio=replay_ratio,
+            layerwise_lr_decay=layerwise_lr_decay,
+            warmup_steps=warmup_steps,
+            unfreeze_every=unfreeze_every,
+            stop_if_drop=stop_if_drop,
+            eval_every=eval_every,
+            eval_size=eval_size,
+            train_size=train_size,
+            seed=seed,
             device=device,
         )
     except ValidationError as error:
@@ -199,8 +226,14 @@ def demo_encoder(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """MiniLM keeps tweet sentiment while learning news topics: naive vs LoRA vs L2-SP vs replay."""
-    _run_demo("encoder_demo", "all-MiniLM-L6-v2: tweet sentiment kept, BBC topics learned",
-              threads, quiet, out=out, steps=steps)
+    _run_demo(
+        "encoder_demo",
+        "all-MiniLM-L6-v2: tweet sentiment kept, BBC topics learned",
+        threads,
+        quiet,
+        out=out,
+        steps=steps,
+    )
 
 
 @demo_app.command("llm")
@@ -213,8 +246,15 @@ def demo_llm(
 ) -> None:
     """Tiny byte-level GPT-2 keeps general prose while learning Python code: naive vs 25% replay."""
     console.print("pretraining (or loading the cached) tiny GPT-2 …")
-    _run_demo("llm_demo", "tiny byte-level GPT-2: general text kept, Python code learned",
-              threads, quiet, out=out, pretrain_seconds=pretrain_seconds, steps=steps)
+    _run_demo(
+        "llm_demo",
+        "tiny byte-level GPT-2: general text kept, Python code learned",
+        threads,
+        quiet,
+        out=out,
+        pretrain_seconds=pretrain_seconds,
+        steps=steps,
+    )
 
 
 def register(app: typer.Typer) -> None:

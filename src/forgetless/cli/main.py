@@ -103,16 +103,31 @@ def run(
 
     values: dict[str, Any] = load_config_file(config) if config else {}
     flags = {
-        "benchmark": benchmark, "scenario": scenario, "strategies": _split_list(strategies),
-        "seeds": seeds, "seed": seed, "tasks": tasks, "epochs": epochs, "batch_size": batch_size,
-        "lr": lr, "optimizer": optimizer, "model": model,
+        "benchmark": benchmark,
+        "scenario": scenario,
+        "strategies": _split_list(strategies),
+        "seeds": seeds,
+        "seed": seed,
+        "tasks": tasks,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "model": model,
         "hidden": _parse_widths(hidden),
-        "buffer_size": buffer_size, "validation": validation,
-        "layerwise_lr_decay": layerwise_lr_decay, "warmup_steps": warmup_steps,
-        "lr_schedule": lr_schedule, "unfreeze_every": unfreeze_every,
-        "stop_if_drop": stop_if_drop, "eval_every": eval_every,
-        "checkpoint_every": checkpoint_every, "device": device, "threads": threads,
-        "data_dir": data_dir, "out": out,
+        "buffer_size": buffer_size,
+        "validation": validation,
+        "layerwise_lr_decay": layerwise_lr_decay,
+        "warmup_steps": warmup_steps,
+        "lr_schedule": lr_schedule,
+        "unfreeze_every": unfreeze_every,
+        "stop_if_drop": stop_if_drop,
+        "eval_every": eval_every,
+        "checkpoint_every": checkpoint_every,
+        "device": device,
+        "threads": threads,
+        "data_dir": data_dir,
+        "out": out,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if no_download:
@@ -135,9 +150,7 @@ def _parse_widths(hidden: str | None) -> list[int] | None:
     try:
         return [int(h) for h in _split_list(hidden) or []]
     except ValueError:
-        raise ConfigError(
-            f"--hidden {hidden!r} must be comma-separated integers, e.g. 400,400"
-        ) from None
+        raise ConfigError(f"--hidden {hidden!r} must be comma-separated integers, e.g. 400,400") from None
 
 
 def _resume_config(folder: Path, given: dict[str, Any]):
@@ -147,9 +160,7 @@ def _resume_config(folder: Path, given: dict[str, Any]):
     from forgetless.training.experiment import resolve
 
     if not (folder / "config.yaml").is_file():
-        raise ConfigError(
-            f"--resume {folder}: no config.yaml there; give the folder of a forgetless run"
-        )
+        raise ConfigError(f"--resume {folder}: no config.yaml there; give the folder of a forgetless run")
     saved = resolve(make_config(**load_config_file(folder / "config.yaml")))
     if given.get("out") is not None and Path(given["out"]).resolve() != folder.resolve():
         raise ConfigError(f"--resume {folder} continues in that folder: drop --out {given['out']}")
@@ -160,9 +171,7 @@ def _resume_config(folder: Path, given: dict[str, Any]):
     values.update({k: v for k, v in given.items() if k != "params"})
     values.update(params=params, out=folder)
     candidate = resolve(make_config(**values))
-    differences = config_differences(
-        saved.model_dump(mode="json"), candidate.model_dump(mode="json")
-    )
+    differences = config_differences(saved.model_dump(mode="json"), candidate.model_dump(mode="json"))
     if differences:
         raise ConfigError(
             f"cannot resume {folder} with other settings ({'; '.join(differences)}): "
@@ -227,13 +236,10 @@ def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
 
     try:
         with progress:
-            result = run_experiment(
-                cfg, progress=make_callback, on_run_done=save, run_dir=out, resume=resume
-            )
+            result = run_experiment(cfg, progress=make_callback, on_run_done=save, run_dir=out, resume=resume)
     except OutputError as error:
         raise OutputError(
-            f"{error} (results up to the last checkpoint are kept: fix this, then "
-            f"`forgetless run --resume {out}`)"
+            f"{error} (results up to the last checkpoint are kept: fix this, then `forgetless run --resume {out}`)"
         ) from None
     except KeyboardInterrupt as interrupt:  # click turns a KeyboardInterrupt into a silent abort
         if isinstance(interrupt, RunInterrupted):
@@ -331,12 +337,10 @@ def main() -> None:
             sys.exit(error.exit_code)
         if isinstance(error, usage_errors):
             message = " ".join(error.format_message().split())
-            errors.print(f"[bold red]error:[/] {message} (see --help)", highlight=False,
-                         soft_wrap=True)
+            errors.print(f"[bold red]error:[/] {message} (see --help)", highlight=False, soft_wrap=True)
             sys.exit(error.exit_code)
         if isinstance(error, aborts):  # click's form of a KeyboardInterrupt outside training
-            errors.print(f"[bold red]interrupted[/]: {_interrupt_hint()}", highlight=False,
-                         soft_wrap=True)
+            errors.print(f"[bold red]interrupted[/]: {_interrupt_hint()}", highlight=False, soft_wrap=True)
             sys.exit(130)
         if os.environ.get("FORGETLESS_DEBUG"):
             raise

@@ -84,8 +84,7 @@ def parse_records(
     labels = records[:, label_index].astype(np.int64)
     if int(labels.max()) >= num_classes:
         raise DataError(
-            f"{source} holds label {int(labels.max())}, expected 0..{num_classes - 1}: "
-            "is it the right CIFAR file?"
+            f"{source} holds label {int(labels.max())}, expected 0..{num_classes - 1}: is it the right CIFAR file?"
         )
     return records[:, label_bytes:].reshape(-1, 3, 32, 32), labels
 
@@ -102,15 +101,10 @@ def read_tar_members(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
                     if len(found) == len(wanted):
                         break
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        raise DataError(
-            f"{path} is truncated or corrupt ({error}): delete it and download it again"
-        ) from error
+        raise DataError(f"{path} is truncated or corrupt ({error}): delete it and download it again") from error
     missing = sorted(wanted - set(found))
     if missing:
-        raise DataError(
-            f"{path} lacks {', '.join(missing)}: is it the binary version? "
-            "delete it and download it again"
-        )
+        raise DataError(f"{path} lacks {', '.join(missing)}: is it the binary version? delete it and download it again")
     return found
 
 
@@ -127,9 +121,7 @@ def _read_blobs(fmt: CifarFormat, folder: Path) -> dict[str, tuple[bytes, str]]:
     return {n: (b, f"{n} in {tarball}") for n, b in read_tar_members(tarball, names).items()}
 
 
-def load_cifar(
-    fmt: CifarFormat, data_dir: Path | str | None = None, download: bool = True
-) -> ImageDataset:
+def load_cifar(fmt: CifarFormat, data_dir: Path | str | None = None, download: bool = True) -> ImageDataset:
     """Load one CIFAR binary distribution, from its extracted files or its tarball."""
     names = list(fmt.train_files + fmt.test_files)
     folder = find_dataset_files(
@@ -143,9 +135,7 @@ def load_cifar(
     num_classes = len(fmt.class_names)
 
     def part(files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [
-            parse_records(*blobs[f], fmt.label_bytes, fmt.label_index, num_classes) for f in files
-        ]
+        pairs = [parse_records(*blobs[f], fmt.label_bytes, fmt.label_index, num_classes) for f in files]
         x = np.concatenate([p[0] for p in pairs])
         y = np.concatenate([p[1] for p in pairs])
         return torch.from_numpy(x), torch.from_numpy(y)

@@ -28,10 +28,7 @@ def _images(x: Any, what: str) -> torch.Tensor:
     if t.dim() == 3:
         t = t.unsqueeze(1)
     if t.dim() != 4:
-        raise DataError(
-            f"{what} has shape {list(t.shape)}: expected [N, C, H, W] "
-            "(or [N, H, W] for one channel)"
-        )
+        raise DataError(f"{what} has shape {list(t.shape)}: expected [N, C, H, W] (or [N, H, W] for one channel)")
     if len(t) == 0:
         raise DataError(f"{what} is empty")
     if t.is_floating_point():
@@ -59,10 +56,7 @@ def _labels(y: Any, what: str, n: int, images: str) -> torch.Tensor:
     if t.dim() != 1:
         raise DataError(f"{what} has shape {list(t.shape)}: expected one label per image, [N]")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise DataError(
-            f"{what} has dtype {t.dtype}: labels must be integer class indices "
-            "(convert them with .long())"
-        )
+        raise DataError(f"{what} has dtype {t.dtype}: labels must be integer class indices (convert them with .long())")
     if len(t) != n:
         raise DataError(f"{what} holds {len(t)} labels but {images} holds {n} images")
     if n and int(t.min()) < 0:
@@ -91,8 +85,7 @@ def from_tensors(
         raise DataError(f"train_x is {tr_x.dtype} but test_x is {te_x.dtype}: use one dtype")
     if tr_x.shape[1:] != te_x.shape[1:]:
         raise DataError(
-            f"train_x images are {list(tr_x.shape[1:])} but test_x images are "
-            f"{list(te_x.shape[1:])}: they must match"
+            f"train_x images are {list(tr_x.shape[1:])} but test_x images are {list(te_x.shape[1:])}: they must match"
         )
     tr_y = _labels(train_y, "train_y", len(tr_x), "train_x")
     te_y = _labels(test_y, "test_y", len(te_x), "test_x")

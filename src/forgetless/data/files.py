@@ -78,17 +78,13 @@ REMOTE_FILES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "cifar10": (
         ("https://www.cs.toronto.edu/~kriz/",),
         {
-            "cifar-10-binary.tar.gz": (
-                "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
-            ),
+            "cifar-10-binary.tar.gz": ("c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"),
         },
     ),
     "cifar100": (
         ("https://www.cs.toronto.edu/~kriz/",),
         {
-            "cifar-100-binary.tar.gz": (
-                "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec"
-            ),
+            "cifar-100-binary.tar.gz": ("58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec"),
         },
     ),
 }

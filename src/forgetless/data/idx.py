@@ -88,15 +88,11 @@ def load_idx_pair(
             f"{len(images)} images: the files do not belong together"
         )
     if len(labels) and int(labels.max()) >= num_classes:
-        raise DataError(
-            f"{labels_path} holds label {int(labels.max())}, expected labels 0..{num_classes - 1}"
-        )
+        raise DataError(f"{labels_path} holds label {int(labels.max())}, expected labels 0..{num_classes - 1}")
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
-def _load(
-    name: str, class_names: tuple[str, ...], data_dir: Path | str | None, download: bool
-) -> ImageDataset:
+def _load(name: str, class_names: tuple[str, ...], data_dir: Path | str | None, download: bool) -> ImageDataset:
     uncompressed = [f.removesuffix(".gz") for f in IDX_FILES]
     folder = find_dataset_files(name, IDX_FILES, data_dir, download, alternatives=[uncompressed])
 

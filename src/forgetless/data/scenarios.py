@@ -148,9 +148,7 @@ def split(
         classes = order[start : start + size]
         offset = 0 if kind in ("task", "domain") else start
         train_x, train_y, test_x, test_y = _select(data, classes, position, start, offset)
-        tasks.append(
-            Task(index, train_x, train_y, test_x, test_y, tuple(classes), f"classes {classes}")
-        )
+        tasks.append(Task(index, train_x, train_y, test_x, test_y, tuple(classes), f"classes {classes}"))
         start += size
     used = start
     head_sizes = sizes if kind == "task" else [max(sizes)] if kind == "domain" else [used]
@@ -332,19 +330,25 @@ def from_task_data(
         train_x, train_y, test_x, test_y = (torch.as_tensor(t) for t in item)
         for split_name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
             if x.shape[0] != y.shape[0] or y.ndim != 1:
-                raise ConfigError(f"task {index} {split_name}: {x.shape[0]} inputs but labels of shape "
-                                  f"{tuple(y.shape)}: give one integer label per input")
+                raise ConfigError(
+                    f"task {index} {split_name}: {x.shape[0]} inputs but labels of shape "
+                    f"{tuple(y.shape)}: give one integer label per input"
+                )
         if train_x.shape[1:] != built[0].train_x.shape[1:] if built else False:
-            raise ConfigError(f"task {index} inputs have shape {tuple(train_x.shape[1:])}, task 0 has "
-                              f"{tuple(built[0].train_x.shape[1:])}: every task needs the same input shape")
+            raise ConfigError(
+                f"task {index} inputs have shape {tuple(train_x.shape[1:])}, task 0 has "
+                f"{tuple(built[0].train_x.shape[1:])}: every task needs the same input shape"
+            )
         classes = tuple(sorted(set(train_y.tolist())))
         built.append(Task(index, train_x, train_y.long(), test_x, test_y.long(), classes, f"task {index}"))
     if kind == "class":
         seen: set[int] = set()
         for task in built:
             if seen & set(task.classes):
-                raise ConfigError(f"class-incremental tasks must not share labels: task {task.index} repeats "
-                                  f"{sorted(seen & set(task.classes))}")
+                raise ConfigError(
+                    f"class-incremental tasks must not share labels: task {task.index} repeats "
+                    f"{sorted(seen & set(task.classes))}"
+                )
             seen |= set(task.classes)
     widths = [int(max(t.train_y.max(), t.test_y.max())) + 1 for t in built]
     if kind == "task":

@@ -27,9 +27,7 @@ DATA_SOURCES: dict[str, Callable[..., ImageDataset]] = {
 }
 
 
-def load_dataset(
-    name: str, data_dir: Path | str | None = None, download: bool = True
-) -> ImageDataset:
+def load_dataset(name: str, data_dir: Path | str | None = None, download: bool = True) -> ImageDataset:
     """Load a built-in data set by name (see :data:`DATA_SOURCES`)."""
     loader = DATA_SOURCES.get(name)
     if loader is None:

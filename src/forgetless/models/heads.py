@@ -28,9 +28,7 @@ class IncrementalHead(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_features, num_outputs)
         self.num_outputs = num_outputs
-        self.register_buffer(
-            "active", torch.tensor(num_outputs if active_outputs is None else active_outputs)
-        )
+        self.register_buffer("active", torch.tensor(num_outputs if active_outputs is None else active_outputs))
         self._active_cache = int(self.active)
 
     def set_active_outputs(self, count: int) -> None:

@@ -43,8 +43,15 @@ def accuracy_heatmaps(matrices: dict[str, np.ndarray], path: Path) -> None:
             for i in range(size):
                 for j in range(size):
                     value = matrix[i, j]
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                            color="black" if value > 0.6 else "white")
+                    ax.text(
+                        j,
+                        i,
+                        f"{value:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="black" if value > 0.6 else "white",
+                    )
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy")
     _save(fig, path, tight=False)
 
@@ -59,8 +66,14 @@ def accuracy_curves(matrices: dict[str, np.ndarray], path: Path) -> None:
         for j in range(size):
             steps = np.arange(j, size)
             ax.plot(steps + 1, matrix[j:, j], marker="o", ms=3, color=colors[j], label=f"task {j}")
-        ax.plot(np.arange(1, size + 1), [matrix[i, : i + 1].mean() for i in range(size)],
-                color="black", lw=2, ls="--", label="mean of seen")
+        ax.plot(
+            np.arange(1, size + 1),
+            [matrix[i, : i + 1].mean() for i in range(size)],
+            color="black",
+            lw=2,
+            ls="--",
+            label="mean of seen",
+        )
         ax.set_title(name)
         ax.set_xlabel("tasks trained")
         ax.set_ylim(0, 1.02)

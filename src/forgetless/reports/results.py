@@ -55,10 +55,7 @@ def save_experiment(result: ExperimentResult, out: Path, plots_too: bool = True)
         "seeds": [config.seed + i for i in range(config.seeds)],
         "summary": summary,
         "fwt_reference": "accuracy of the randomly initialised model on each task (same seed)",
-        "runs": {
-            name: [_run_record(result, name, i) for i in range(len(runs))]
-            for name, runs in result.runs.items()
-        },
+        "runs": {name: [_run_record(result, name, i) for i in range(len(runs))] for name, runs in result.runs.items()},
     }
     atomic_write_json(out / "metrics.json", metrics)
 

@@ -307,9 +307,7 @@ class MemoryBuffer:
 
     def memory_bytes(self) -> int:
         """Bytes held by the buffer's preallocated storage: ``capacity x bytes_per_sample``."""
-        return sum(
-            t.numel() * t.element_size() for t in (getattr(self, f) for f in _FIELDS) if t is not None
-        )
+        return sum(t.numel() * t.element_size() for t in (getattr(self, f) for f in _FIELDS) if t is not None)
 
     def report(self) -> dict[str, Any]:
         input_bytes = 0 if self.inputs is None else self.inputs[0].numel() * self.inputs.element_size()
@@ -383,9 +381,7 @@ class BufferParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     buffer_size: int = Field(500, ge=1, description="memory budget in samples (all tasks)")
-    selection: Selection = Field(
-        "reservoir", description="reservoir (Vitter's algorithm R) or balanced (per class)"
-    )
+    selection: Selection = Field("reservoir", description="reservoir (Vitter's algorithm R) or balanced (per class)")
     replay_batch_size: int | None = Field(
         None, ge=1, description="rows drawn from the buffer per step (default: --batch-size)"
     )
@@ -461,11 +457,7 @@ def gradient_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.grad is not None]
 
 
-def flat_gradient(
-    loss: torch.Tensor, params: list[nn.Parameter], retain_graph: bool = False
-) -> torch.Tensor:
+def flat_gradient(loss: torch.Tensor, params: list[nn.Parameter], retain_graph: bool = False) -> torch.Tensor:
     """d loss / d params as one flat vector laid out like the learner's (``.grad`` untouched)."""
     grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
-    return torch.cat(
-        [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
-    )
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])

@@ -91,8 +91,9 @@ def _identity_pass(
     handles = []
     for module_name, module in linears.items():
 
-        def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor,
-                 key: str = module_name) -> None:
+        def hook(
+            mod: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, key: str = module_name
+        ) -> None:
             calls[key].append((inputs[0].detach(), output))
 
         handles.append(module.register_forward_hook(hook))
@@ -104,9 +105,7 @@ def _identity_pass(
     eligible = {
         name: module
         for name, module in linears.items()
-        if len(calls[name]) == 1
-        and calls[name][0][0].dim() == 2
-        and calls[name][0][1].requires_grad
+        if len(calls[name]) == 1 and calls[name][0][0].dim() == 2 and calls[name][0][1].requires_grad
     }
     sums: dict[str, torch.Tensor] = {}
     for module in eligible.values():
@@ -119,9 +118,7 @@ def _identity_pass(
         total = fn(logits, aux).sum()
         if not outputs:
             break
-        grads = torch.autograd.grad(
-            total, outputs, retain_graph=k < len(objectives) - 1, allow_unused=True
-        )
+        grads = torch.autograd.grad(total, outputs, retain_graph=k < len(objectives) - 1, allow_unused=True)
         for (name, module), d in zip(eligible.items(), grads, strict=True):
             if d is None:
                 continue
@@ -153,9 +150,7 @@ def _vmap_pass(
     sums = {n: torch.zeros_like(p) for n, p in chosen.items()}
     for fn, aux in objectives:
 
-        def one(
-            params: dict[str, torch.Tensor], xi: torch.Tensor, ai: torch.Tensor, fn=fn
-        ) -> torch.Tensor:
+        def one(params: dict[str, torch.Tensor], xi: torch.Tensor, ai: torch.Tensor, fn=fn) -> torch.Tensor:
             state = {**frozen, **params, **buffers}
             logits = functional_call(model, state, (xi.unsqueeze(0), task_id))
             return fn(logits, ai.unsqueeze(0))[0]
@@ -206,9 +201,7 @@ def per_sample_reduce(
     ``vmap``, ``loop`` (reference); ``auto`` = ``identity``.
     """
     if method not in ("auto", "identity", "vmap", "loop"):
-        raise ConfigError(
-            f"unknown per-sample gradient method {method!r}: use identity, vmap or loop"
-        )
+        raise ConfigError(f"unknown per-sample gradient method {method!r}: use identity, vmap or loop")
     wanted = _named_trainable(model, names)
     totals = {n: torch.zeros_like(p) for n, p in wanted.items()}
     was_training = model.training
@@ -227,9 +220,7 @@ def per_sample_reduce(
                         model, xc, task_id, objectives, chunk, transform, wanted
                     )
                     if leftover:
-                        part.update(
-                            _vmap_pass(model, xc, task_id, chunk_objectives, transform, leftover)
-                        )
+                        part.update(_vmap_pass(model, xc, task_id, chunk_objectives, transform, leftover))
                 for n, value in part.items():
                     totals[n] += value
     finally:
@@ -310,9 +301,7 @@ def fisher_diagonal(
         raise ConfigError(f"unknown Fisher kind {kind!r}: use one of {', '.join(FISHER_KINDS)}")
     if x.shape[0] == 0:
         raise ConfigError("cannot estimate a Fisher from 0 samples: give fisher_samples >= 1")
-    sums = per_sample_reduce(
-        model, x, task_ids, fisher_objectives(kind, y, generator), "square", method, names
-    )
+    sums = per_sample_reduce(model, x, task_ids, fisher_objectives(kind, y, generator), "square", method, names)
     return {n: s / x.shape[0] for n, s in sums.items()}
 
 

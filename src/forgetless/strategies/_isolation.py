@@ -105,9 +105,7 @@ def split_stages(backbone: nn.Module, method: str) -> tuple[list[nn.Module], lis
 def weight_names(module: nn.Module) -> list[str]:
     """Names (as in ``named_parameters``) of the weights of every Linear/Conv2d in ``module``."""
     return [
-        f"{name}.weight" if name else "weight"
-        for name, m in module.named_modules()
-        if isinstance(m, WEIGHT_LAYERS)
+        f"{name}.weight" if name else "weight" for name, m in module.named_modules() if isinstance(m, WEIGHT_LAYERS)
     ]
 
 
@@ -245,16 +243,11 @@ class FrozenBackboneStrategy(IsolationStrategy):
 
     def report(self) -> dict[str, Any]:
         out = super().report()
-        per_task = {
-            t: [p for m in self.model.task_modules(t) for p in m.parameters()]
-            for t in self.model.tasks()
-        }
+        per_task = {t: [p for m in self.model.task_modules(t) for p in m.parameters()] for t in self.model.tasks()}
         in_modules = {id(p) for params in per_task.values() for p in params}
         backbone = self.model.backbone_module().parameters()
         out["backbone_parameters"] = count(p for p in backbone if id(p) not in in_modules)
-        out["module_parameters_per_task"] = {
-            str(t): count(params) for t, params in per_task.items()
-        }
+        out["module_parameters_per_task"] = {str(t): count(params) for t, params in per_task.items()}
         return out
 
 

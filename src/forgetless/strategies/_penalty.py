@@ -60,9 +60,7 @@ class PenaltyTerm:
 
     @property
     def nbytes(self) -> int:
-        return sum(
-            int(t.numel() * t.element_size()) for t in (self.importance, self.anchor) if t is not None
-        )
+        return sum(int(t.numel() * t.element_size()) for t in (self.importance, self.anchor) if t is not None)
 
     def unflatten(self, flat: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
         if flat is None:
@@ -209,7 +207,10 @@ class AnchoredPenalty:
             if not term.shapes and term.names:  # names-only term: take shapes from the model
                 present = [n for n in term.names if n in available]
                 term = PenaltyTerm(
-                    tuple(present), tuple(available[n].shape for n in present), None, None,
+                    tuple(present),
+                    tuple(available[n].shape for n in present),
+                    None,
+                    None,
                     term.weight,
                 )
                 self.terms[t] = term
@@ -224,8 +225,7 @@ class AnchoredPenalty:
                             f"model or use on_mismatch='skip'"
                         )
                     if n not in self.skipped:
-                        warnings.warn(f"penalty skips parameter {n!r}: it {problem} the model",
-                                      stacklevel=3)
+                        warnings.warn(f"penalty skips parameter {n!r}: it {problem} the model", stacklevel=3)
                         self.skipped.add(n)
                     continue
                 keep.append(n)
@@ -313,9 +313,7 @@ class AnchoredPenalty:
         self.clear()
         for t in sorted(state["terms"], key=int):
             entry = state["terms"][t]
-            self.add_term(
-                entry.get("importance"), entry.get("anchor"), entry["weight"], entry["names"]
-            )
+            self.add_term(entry.get("importance"), entry.get("anchor"), entry["weight"], entry["names"])
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -343,9 +341,7 @@ class PenaltyStrategy(Strategy):
         return self.penalty_scale(ctx) * self.penalty.penalty(ctx.model)
 
     @staticmethod
-    def task_sample(
-        ctx: TrainingContext, count: int
-    ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    def task_sample(ctx: TrainingContext, count: int) -> tuple[torch.Tensor, torch.Tensor, int | None]:
         """Up to ``count`` training inputs of the current task (drawn with ``ctx.generator``)."""
         task = ctx.task
         rows = sample_rows(task.num_train, count, ctx.generator).to(task.train_y.device)

@@ -45,9 +45,7 @@ class Bottleneck(nn.Module):
 class AdapterTaskModel(TaskModules):
     """The backbone run stage by stage, with task ``t``'s adapters after each stage."""
 
-    def __init__(
-        self, backbone: nn.Module, head: nn.Module, input_shape: tuple[int, ...], bottleneck: int
-    ):
+    def __init__(self, backbone: nn.Module, head: nn.Module, input_shape: tuple[int, ...], bottleneck: int):
         super().__init__()
         prefix, stages = split_stages(backbone, "adapter")
         self.backbone = backbone
@@ -75,8 +73,7 @@ class AdapterTaskModel(TaskModules):
     def add_task(self, task: int) -> None:
         device = next(self.backbone.parameters()).device
         self.adapters[str(task)] = nn.ModuleList(
-            Bottleneck(shape[0], self.bottleneck, spatial=len(shape) == 3)
-            for shape in self.stage_shapes
+            Bottleneck(shape[0], self.bottleneck, spatial=len(shape) == 3) for shape in self.stage_shapes
         ).to(device)
 
     def task_modules(self, task: int) -> list[nn.Module]:
@@ -112,9 +109,7 @@ class AdapterParams(FrozenBackboneParams):
 @register
 class Adapter(FrozenBackboneStrategy):
     name = "adapter"
-    summary = (
-        "per-task bottleneck adapters (Houlsby) on a backbone frozen after the first task (task-IL)"
-    )
+    summary = "per-task bottleneck adapters (Houlsby) on a backbone frozen after the first task (task-IL)"
     Params = AdapterParams
     model: AdapterTaskModel
 

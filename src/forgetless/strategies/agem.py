@@ -43,9 +43,7 @@ class AGEM(ReplayStrategy):
     summary = "A-GEM: project the gradient so the loss on a memory batch does not rise"
     Params: ClassVar[type[BaseModel]] = AGEMParams
 
-    def project_gradient(
-        self, ctx: TrainingContext, batch: Batch, gradient: torch.Tensor
-    ) -> torch.Tensor | None:
+    def project_gradient(self, ctx: TrainingContext, batch: Batch, gradient: torch.Tensor) -> torch.Tensor | None:
         """No earlier task yet (or an empty memory): the gradient is kept as it is."""
         sample = self.draw(ctx, before_task=ctx.task_index)
         if sample is None:

@@ -142,9 +142,7 @@ class Strategy:
         try:
             self.params = self.Params(**params)
         except ValidationError as error:
-            parts = [
-                f"{self.name}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-            ]
+            parts = [f"{self.name}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
             raise ConfigError("invalid strategy parameter: " + "; ".join(parts)) from None
 
     # -- hooks ---------------------------------------------------------------------------
@@ -163,9 +161,7 @@ class Strategy:
     def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
         return None
 
-    def project_gradient(
-        self, ctx: TrainingContext, batch: Batch, gradient: torch.Tensor
-    ) -> torch.Tensor | None:
+    def project_gradient(self, ctx: TrainingContext, batch: Batch, gradient: torch.Tensor) -> torch.Tensor | None:
         return None
 
     def before_step(self, ctx: TrainingContext) -> None:
@@ -177,9 +173,7 @@ class Strategy:
     def after_task(self, ctx: TrainingContext) -> None:
         return None
 
-    def predict(
-        self, ctx: TrainingContext, x: torch.Tensor, task_index: int
-    ) -> torch.Tensor | None:
+    def predict(self, ctx: TrainingContext, x: torch.Tensor, task_index: int) -> torch.Tensor | None:
         return None
 
     def report(self) -> dict[str, Any]:

@@ -16,7 +16,6 @@ task, the outputs that have just become active are filled, for every stored row,
 model's current (still untrained) values; the values stored at insertion are never changed.
 """
 
-
 from __future__ import annotations
 
 from typing import ClassVar

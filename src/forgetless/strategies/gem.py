@@ -40,17 +40,11 @@ class GEMParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     buffer_size: int = Field(500, ge=1, description="memory budget in samples, shared by tasks")
-    memory_strength: float = Field(
-        0.5, ge=0.0, description="margin: dual variables v >= margin (authors' default 0.5)"
-    )
-    eps: float = Field(
-        1e-8, gt=0.0, lt=1.0, description="ridge on the QP matrix, relative to each diagonal entry"
-    )
+    memory_strength: float = Field(0.5, ge=0.0, description="margin: dual variables v >= margin (authors' default 0.5)")
+    eps: float = Field(1e-8, gt=0.0, lt=1.0, description="ridge on the QP matrix, relative to each diagonal entry")
 
 
-def gem_project(
-    gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0.5, eps: float = 1e-8
-) -> torch.Tensor:
+def gem_project(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0.5, eps: float = 1e-8) -> torch.Tensor:
     """GEM projection (eq. 10-11) of ``gradient`` [p] against task gradients ``memories`` [t, p].
 
     Unchanged when no constraint is violated; else ``G^T v + g`` with ``v`` from the dual QP.
@@ -116,9 +110,7 @@ class GEM(ReplayStrategy):
             rows.append(flat_gradient(loss, params, retain_graph=position < len(tasks) - 1))
         return torch.stack(rows)
 
-    def project_gradient(
-        self, ctx: TrainingContext, batch: Batch, gradient: torch.Tensor
-    ) -> torch.Tensor | None:
+    def project_gradient(self, ctx: TrainingContext, batch: Batch, gradient: torch.Tensor) -> torch.Tensor | None:
         if ctx.task_index == 0:
             return None
         memories = self.task_gradients(ctx)

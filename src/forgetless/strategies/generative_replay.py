@@ -36,12 +36,8 @@ class GenerativeReplayParams(BaseModel):
     latent_dim: int = Field(32, ge=1, description="VAE latent size")
     hidden: int = Field(400, ge=1, description="width of the VAE's hidden layers")
     generator_lr: float = Field(1e-3, gt=0.0, description="Adam learning rate of the VAE")
-    generator_steps: int = Field(
-        1, ge=1, le=100, description="VAE updates per solver step (on the same mixed batch)"
-    )
-    replay_batch_size: int | None = Field(
-        None, ge=1, description="generated rows per step (default: --batch-size)"
-    )
+    generator_steps: int = Field(1, ge=1, le=100, description="VAE updates per solver step (on the same mixed batch)")
+    replay_batch_size: int | None = Field(None, ge=1, description="generated rows per step (default: --batch-size)")
 
 
 class VAE(nn.Module):
@@ -55,9 +51,7 @@ class VAE(nn.Module):
         self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(size, hidden), nn.ReLU())
         self.mean = nn.Linear(hidden, latent_dim)
         self.log_var = nn.Linear(hidden, latent_dim)
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, size)
-        )
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, size))
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
@@ -68,9 +62,7 @@ class VAE(nn.Module):
         mean, log_var = self.mean(hidden), self.log_var(hidden).clamp(-10, 10)
         z = mean + noise * torch.exp(0.5 * log_var)
         target = x.flatten(1).clamp(0, 1)
-        reconstruction = F.binary_cross_entropy_with_logits(
-            self.decode_logits(z), target, reduction="sum"
-        )
+        reconstruction = F.binary_cross_entropy_with_logits(self.decode_logits(z), target, reduction="sum")
         kl = -0.5 * torch.sum(1 + log_var - mean.pow(2) - log_var.exp())
         return (reconstruction + kl) / x.shape[0]
 

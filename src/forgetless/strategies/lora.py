@@ -36,9 +36,7 @@ def _adapter_name(task: int) -> str:
 class LoraTaskModel(TaskModules):
     """``head_t(backbone(x))`` with LoRA adapter ``task_t`` active (no adapter: bare backbone)."""
 
-    def __init__(
-        self, backbone: nn.Module, head: nn.Module, rank: int, alpha: float, dropout: float
-    ):
+    def __init__(self, backbone: nn.Module, head: nn.Module, rank: int, alpha: float, dropout: float):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -65,9 +63,7 @@ class LoraTaskModel(TaskModules):
         )
         with preserved_requires_grad(self):
             if not self._tasks:
-                self.backbone = get_peft_model(
-                    self.backbone, config, adapter_name=_adapter_name(task)
-                )
+                self.backbone = get_peft_model(self.backbone, config, adapter_name=_adapter_name(task))
             else:
                 self.backbone.add_adapter(_adapter_name(task), config)
         self._tasks.append(task)
@@ -77,9 +73,7 @@ class LoraTaskModel(TaskModules):
         return [
             module[name]
             for path, module in self.backbone.named_modules()
-            if isinstance(module, nn.ModuleDict)
-            and name in module
-            and path.rsplit(".", 1)[-1].startswith("lora_")
+            if isinstance(module, nn.ModuleDict) and name in module and path.rsplit(".", 1)[-1].startswith("lora_")
         ]
 
     def forward_task(self, x: torch.Tensor, task: int) -> torch.Tensor:

@@ -133,9 +133,7 @@ class LwF(Strategy):
         if features is not None:
             features = features[:rows]
         with torch.no_grad():
-            old_features = (
-                self.old_model.features(x) if isinstance(self.old_model, ContinualModel) else None
-            )
+            old_features = self.old_model.features(x) if isinstance(self.old_model, ContinualModel) else None
         total = logits.new_zeros(())
         for j in range(ctx.task_index):
             task_id = ctx.task_id(j)

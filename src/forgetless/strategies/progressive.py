@@ -68,9 +68,7 @@ class ProgressiveColumns(TaskRoutedModel):
         for stage in column:
             stage[0].reset_parameters()
         k = self.num_columns
-        laterals = nn.ModuleList(
-            nn.ModuleList(_lateral_like(stage[0]) for _ in range(k)) for stage in list(column)[1:]
-        )
+        laterals = nn.ModuleList(nn.ModuleList(_lateral_like(stage[0]) for _ in range(k)) for stage in list(column)[1:])
         self.columns.append(column)
         self.laterals.append(laterals)
 

@@ -43,9 +43,7 @@ C_DEFAULTS = {"task": 1000.0, "domain": 10.0, "class": 10.0}
 class SIParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    c: float | None = Field(
-        None, ge=0.0, description="penalty strength c (eq. 4); unset: 1000 task-IL, 10 otherwise"
-    )
+    c: float | None = Field(None, ge=0.0, description="penalty strength c (eq. 4); unset: 1000 task-IL, 10 otherwise")
     xi: float = Field(0.1, gt=0.0, description="damping xi of eq. 5")
 
 
@@ -119,9 +117,7 @@ class SI(PenaltyStrategy):
 
     def report(self) -> dict[str, Any]:
         working = sum(
-            v.numel() * v.element_size()
-            for part in (self.omega, self.previous, self.start)
-            for v in part.values()
+            v.numel() * v.element_size() for part in (self.omega, self.previous, self.start) for v in part.values()
         )
         return {**super().report(), "working_bytes": int(working)}
 

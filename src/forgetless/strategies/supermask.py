@@ -121,14 +121,9 @@ class SupermaskModel(TaskRoutedModel):
 
     def forward_task(self, x: torch.Tensor, task: int) -> torch.Tensor:
         if task == self.training_task:
-            weights = {
-                n: self.net.get_parameter(n) * self._train_mask(n) for n in self.names_for(task)
-            }
+            weights = {n: self.net.get_parameter(n) * self._train_mask(n) for n in self.names_for(task)}
         elif str(task) in self.masks:
-            weights = {
-                n: torch.where(m, self.net.get_parameter(n), 0.0)
-                for n, m in self.stored_masks(task).items()
-            }
+            weights = {n: torch.where(m, self.net.get_parameter(n), 0.0) for n, m in self.stored_masks(task).items()}
         else:  # an unseen task: the plain random network
             weights = {}
         return functional_call(self.net, weights, (x, task))
@@ -169,9 +164,7 @@ class SupermaskParams(BaseModel):
 @register
 class Supermask(IsolationStrategy):
     name = "supermask"
-    summary = (
-        "supermasks (SupSup): fixed random weights, one learned binary mask per task (task-IL)"
-    )
+    summary = "supermasks (SupSup): fixed random weights, one learned binary mask per task (task-IL)"
     Params = SupermaskParams
     model: SupermaskModel
 
@@ -189,9 +182,7 @@ class Supermask(IsolationStrategy):
         super().after_task(ctx)
 
     def storage_bytes(self) -> int:
-        return 4 * sum(p.numel() for p in self.model.net.parameters()) + sum(
-            self.model.mask_bytes().values()
-        )
+        return 4 * sum(p.numel() for p in self.model.net.parameters()) + sum(self.model.mask_bytes().values())
 
     def report(self) -> dict[str, Any]:
         out = super().report()

@@ -105,11 +105,7 @@ def flatten_tree(tree: Any, what: str = "state") -> tuple[Any, dict[str, torch.T
         if isinstance(value, dict):
             if all(isinstance(k, str) and k not in _RESERVED for k in value):
                 return {k: encode(v, f"{path}.{k}" if path else k) for k, v in value.items()}
-            return {
-                "__dict__": [
-                    [encode(k, f"{path}.key"), encode(v, f"{path}.{k}")] for k, v in value.items()
-                ]
-            }
+            return {"__dict__": [[encode(k, f"{path}.key"), encode(v, f"{path}.{k}")] for k, v in value.items()]}
         raise CheckpointError(
             f"cannot checkpoint {what} at {path or 'top level'}: a {type(value).__name__} is "
             "neither a tensor nor a JSON value (state_dict() must return tensors and plain values)"
@@ -222,9 +218,7 @@ def read_tree(folder: Path, name: str) -> Any:
     except CheckpointError:
         raise
     except Exception as error:
-        raise CheckpointError(
-            f"checkpoint file {folder / name}.json is malformed: {error}"
-        ) from None
+        raise CheckpointError(f"checkpoint file {folder / name}.json is malformed: {error}") from None
 
 
 # -- RNG states -----------------------------------------------------------------------------
@@ -444,13 +438,9 @@ def runs_from_metrics(run_dir: Path) -> list[Any]:
                         eval_seconds=float(record.get("eval_seconds", 0.0)),
                         steps=list(record.get("steps_per_task", [])),
                         report=record.get("report", {}),
-                        stopped_early={
-                            int(k): v for k, v in record.get("stopped_early", {}).items()
-                        },
+                        stopped_early={int(k): v for k, v in record.get("stopped_early", {}).items()},
                     )
                 )
         return out
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(
-            f"{path} is corrupt ({error}): cannot tell which runs finished"
-        ) from None
+        raise CheckpointError(f"{path} is corrupt ({error}): cannot tell which runs finished") from None

@@ -129,9 +129,7 @@ def check_device(name: str) -> None:
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
-            )
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
         return
     if device.type == "mps" and torch.backends.mps.is_available():
         return
@@ -187,9 +185,7 @@ def run_experiment(
     return result
 
 
-def _resume_point(
-    config: RunConfig, run_dir: Path
-) -> tuple[ckpt.Checkpoint | None, dict[tuple[str, int], RunResult]]:
+def _resume_point(config: RunConfig, run_dir: Path) -> tuple[ckpt.Checkpoint | None, dict[tuple[str, int], RunResult]]:
     """The checkpoint of ``run_dir`` (checked against ``config``) and the runs already finished."""
     saved = ckpt.load_checkpoint(run_dir)
     finished = {(r.strategy, r.seed): r for r in ckpt.runs_from_metrics(run_dir)}
@@ -242,13 +238,16 @@ def _train(learner: Learner, callback: Progress | None, run_dir: Path | None) ->
             kept.append(f"finished runs are in {Path(run_dir) / 'metrics.json'}")
         if learner.rows:
             partial = Path(run_dir) / "partial_run.json"
-            atomic_write_json(partial, {
-                "strategy": learner.name,
-                "seed": learner.seed,
-                "error": str(error),
-                "accuracy_matrix": [row.round(6).tolist() for row in learner.rows],
-                "random_init_accuracy": learner.result.baseline.round(6).tolist(),
-            })
+            atomic_write_json(
+                partial,
+                {
+                    "strategy": learner.name,
+                    "seed": learner.seed,
+                    "error": str(error),
+                    "accuracy_matrix": [row.round(6).tolist() for row in learner.rows],
+                    "random_init_accuracy": learner.result.baseline.round(6).tolist(),
+                },
+            )
             kept.append(f"this run's finished tasks in {partial}")
         if ckpt.load_checkpoint(run_dir) is not None:
             kept.append(f"the last good checkpoint in {Path(run_dir) / ckpt.CHECKPOINT}")

@@ -61,6 +61,7 @@ class _ResumePoint:
     rng: dict[str, Any]
     elapsed: float
 
+
 _HOOKS = (
     "training_set",
     "replay_batch",
@@ -240,9 +241,7 @@ class Learner:
                 if progress is not None:
                     progress(task_index, ctx.step, total)
                 if ctx.global_step >= self._next_event:  # the only per-step cost of checkpoints
-                    self._step_event(
-                        epoch, position + 1, order, optimizer, scheduler, started, stop
-                    )
+                    self._step_event(epoch, position + 1, order, optimizer, scheduler, started, stop)
                 if stop:
                     self.result.stopped_early[task_index] = ctx.step
                     break
@@ -302,9 +301,7 @@ class Learner:
             loop = {"epoch": epoch, "position": position, "elapsed": time.perf_counter() - started}
             self.on_checkpoint(self.checkpoint_state(loop, order, optimizer, scheduler))
             if self._interrupted:
-                raise ckpt.RunInterrupted(
-                    f"Ctrl-C at task {ctx.task_index}, step {ctx.step} of {self.name}"
-                )
+                raise ckpt.RunInterrupted(f"Ctrl-C at task {ctx.task_index}, step {ctx.step} of {self.name}")
         self._schedule_next_event()
 
     def checkpoint_state(
@@ -334,7 +331,9 @@ class Learner:
             "model": self.model.state_dict(),
             "strategy_names": [s.name for s in self.strategies],
             "strategies": [s.state_dict() for s in self.strategies],
-            "optimizer": None if optimizer is None else {
+            "optimizer": None
+            if optimizer is None
+            else {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
             },
@@ -423,9 +422,7 @@ class Learner:
             if scheduler is not None and resume.scheduler is not None:
                 scheduler.load_state_dict(resume.scheduler)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise ckpt.CheckpointError(
-                f"checkpoint optimizer state does not fit {self.name}: {error}"
-            ) from None
+            raise ckpt.CheckpointError(f"checkpoint optimizer state does not fit {self.name}: {error}") from None
         ckpt.restore_rng(resume.rng, self.generator)
 
     def _finish_matrix(self) -> None:

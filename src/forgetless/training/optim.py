@@ -72,9 +72,7 @@ def layerwise_param_groups(groups: ParamGroups, lr: float, decay: float) -> list
     return out[::-1]
 
 
-def build_optimizer(
-    model: nn.Module, config: RunConfig, groups: ParamGroups | None = None
-) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: RunConfig, groups: ParamGroups | None = None) -> torch.optim.Optimizer:
     """Adam or SGD over every parameter (frozen ones have no gradient and are skipped).
 
     With ``config.layerwise_lr_decay`` set, one param group per depth level
@@ -83,17 +81,13 @@ def build_optimizer(
     """
     params: list[Any] = list(model.parameters())
     if config.layerwise_lr_decay is not None:
-        params = layerwise_param_groups(
-            groups or layer_groups(model), config.lr, config.layerwise_lr_decay
-        )
+        params = layerwise_param_groups(groups or layer_groups(model), config.lr, config.layerwise_lr_decay)
         grouped = {id(p) for g in params for p in g["params"]}
         rest = [p for p in model.parameters() if id(p) not in grouped]
         if rest:
             params.append({"params": rest, "lr": config.lr, "level": -1})
     if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -130,6 +124,4 @@ def build_scheduler(
     warmup, schedule = config.warmup_steps, config.lr_schedule
     if warmup == 0 and schedule == "constant":
         return None
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_factor(step, warmup, total_steps, schedule)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_factor(step, warmup, total_steps, schedule))

@@ -26,8 +26,13 @@ Listener = Callable[[dict[str, Any]], None]
 class ForgettingCallback(TrainerCallback):
     """Track capabilities during ``Trainer.train()``; optionally stop and restore the best weights."""
 
-    def __init__(self, tracker: CapabilityTracker, stop_if_drop: float | None = None,
-                 restore_best: bool = True, listeners: list[Listener] | None = None) -> None:
+    def __init__(
+        self,
+        tracker: CapabilityTracker,
+        stop_if_drop: float | None = None,
+        restore_best: bool = True,
+        listeners: list[Listener] | None = None,
+    ) -> None:
         if stop_if_drop is not None and stop_if_drop < 0:
             raise ConfigError(f"stop_if_drop must be >= 0, got {stop_if_drop}")
         self.tracker = tracker
@@ -86,22 +91,39 @@ class ForgettingCallback(TrainerCallback):
                 self.final_record = {**self.best_record, "restored_at": record["step"]}
 
     # -- Trainer events -----------------------------------------------------------------------
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
-                       control: TrainerControl, model: nn.Module | None = None,
-                       **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         assert model is not None
         self._tracked = [n for n, p in model.named_parameters() if p.requires_grad]
         if not self.tracker.history:
             self._consider(model, self._evaluate(model, state.global_step), control)
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    model: nn.Module | None = None, **kwargs: Any) -> None:
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         assert model is not None
         if self.stopped_at is None and self.tracker.due(state.global_step):
             self._consider(model, self._evaluate(model, state.global_step), control)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                     model: nn.Module | None = None, **kwargs: Any) -> None:
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         assert model is not None
         if self.stopped_at is None:
             if self.tracker.after["step"] != state.global_step:
@@ -113,15 +135,22 @@ class ForgettingCallback(TrainerCallback):
     def summary(self) -> dict[str, Any]:
         out = self.tracker.summary(self.final_record)
         out["stopped_at"] = self.stopped_at
-        out["restored_step"] = self.final_record["step"] if self.final_record and \
-            self.stopped_at is not None and self.restore_best else None
+        out["restored_step"] = (
+            self.final_record["step"]
+            if self.final_record and self.stopped_at is not None and self.restore_best
+            else None
+        )
         out["stop_if_drop"] = self.stop_if_drop
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tracker": self.tracker.state_dict(), "stopped_at": self.stopped_at,
-                "best_record": self.best_record, "best_weights": self.best_weights,
-                "final_record": self.final_record}
+        return {
+            "tracker": self.tracker.state_dict(),
+            "stopped_at": self.stopped_at,
+            "best_record": self.best_record,
+            "best_weights": self.best_weights,
+            "final_record": self.final_record,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tracker.load_state_dict(state["tracker"])

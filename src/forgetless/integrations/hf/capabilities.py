@@ -54,8 +54,7 @@ def encode_texts(tokenizer: Any, texts: list[str], seq_len: int) -> dict[str, to
     """Pad/truncate to ``seq_len``: ``input_ids`` and ``attention_mask`` tensors."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    encoded = tokenizer(texts, truncation=True, max_length=seq_len, padding="max_length",
-                        return_tensors="pt")
+    encoded = tokenizer(texts, truncation=True, max_length=seq_len, padding="max_length", return_tensors="pt")
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
@@ -74,8 +73,9 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 # -- model outputs ----------------------------------------------------------------------------
-def token_nll(model: nn.Module, input_ids: torch.Tensor,
-              attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def token_nll(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token NLL (float64) and number of predicted tokens of one batch.
 
     Token ``t+1`` is predicted from tokens ``<= t``; padded targets (mask 0) are not counted.
@@ -90,8 +90,7 @@ def token_nll(model: nn.Module, input_ids: torch.Tensor,
     return nll.double().sum(), torch.tensor(targets.numel())
 
 
-def mean_pooled_embedding(model: nn.Module, input_ids: torch.Tensor,
-                          attention_mask: torch.Tensor) -> torch.Tensor:
+def mean_pooled_embedding(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean of the last hidden states over real tokens (the sentence-transformers pooling)."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     hidden = out.hidden_states[-1]
@@ -101,8 +100,7 @@ def mean_pooled_embedding(model: nn.Module, input_ids: torch.Tensor,
 
 def embed_all(model: nn.Module, rows: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
     device = _device(model)
-    parts = [mean_pooled_embedding(model, **_to(b, device)).float().cpu()
-             for b in _batches(rows, batch_size)]
+    parts = [mean_pooled_embedding(model, **_to(b, device)).float().cpu() for b in _batches(rows, batch_size)]
     return torch.cat(parts)
 
 
@@ -154,8 +152,7 @@ class Capability(ABC):
     def replay_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no replay loss")
 
-    def sampled_nll(self, model: nn.Module, batch: dict[str, torch.Tensor],
-                    generator: torch.Generator) -> torch.Tensor:
+    def sampled_nll(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         """``-sum log p(y_hat | x)`` with ``y_hat`` drawn from the model's own distribution."""
         raise NotImplementedError(f"{self.name} cannot estimate a Fisher")
 
@@ -172,8 +169,9 @@ class Perplexity(Capability):
     metric = "perplexity"
     higher_is_better = False
 
-    def __init__(self, name: str, test_ids: torch.Tensor, train_ids: torch.Tensor | None = None,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, name: str, test_ids: torch.Tensor, train_ids: torch.Tensor | None = None, batch_size: int = 32
+    ) -> None:
         super().__init__(name, batch_size)
         self.test_ids = test_ids
         self.train_ids = train_ids
@@ -198,15 +196,15 @@ class Perplexity(Capability):
         ids = batch["input_ids"]
         return model(input_ids=ids, labels=ids).loss
 
-    def sampled_nll(self, model: nn.Module, batch: dict[str, torch.Tensor],
-                    generator: torch.Generator) -> torch.Tensor:
+    def sampled_nll(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         ids = batch["input_ids"]
         logits = model(input_ids=ids).logits[:, :-1].float()
         with torch.no_grad():
             probs = F.softmax(logits, dim=-1).reshape(-1, logits.shape[-1]).cpu()
             drawn = torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                               drawn.to(logits.device).reshape(-1), reduction="sum")
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), drawn.to(logits.device).reshape(-1), reduction="sum"
+        )
 
 
 class HeadAccuracy(Capability):
@@ -219,9 +217,16 @@ class HeadAccuracy(Capability):
 
     metric = "accuracy"
 
-    def __init__(self, name: str, train: dict[str, torch.Tensor], train_labels: torch.Tensor,
-                 test: dict[str, torch.Tensor], test_labels: torch.Tensor, head: str = "fit",
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        name: str,
+        train: dict[str, torch.Tensor],
+        train_labels: torch.Tensor,
+        test: dict[str, torch.Tensor],
+        test_labels: torch.Tensor,
+        head: str = "fit",
+        batch_size: int = 64,
+    ) -> None:
         super().__init__(name, batch_size)
         self.train, self.train_labels = train, train_labels
         self.test, self.test_labels = test, test_labels
@@ -261,8 +266,9 @@ class HeadAccuracy(Capability):
         device = _device(model)
         correct = 0
         with _EvalMode(model):
-            for start, batch in zip(range(0, len(self.test_labels), self.batch_size),
-                                    _batches(self.test, self.batch_size)):
+            for start, batch in zip(
+                range(0, len(self.test_labels), self.batch_size), _batches(self.test, self.batch_size)
+            ):
                 predicted = self.logits(model, _to(batch, device)).argmax(-1).cpu()
                 correct += int((predicted == self.test_labels[start : start + len(predicted)]).sum())
         return correct / len(self.test_labels)
@@ -274,8 +280,7 @@ class HeadAccuracy(Capability):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return F.cross_entropy(self.logits(model, inputs), batch["labels"])
 
-    def sampled_nll(self, model: nn.Module, batch: dict[str, torch.Tensor],
-                    generator: torch.Generator) -> torch.Tensor:
+    def sampled_nll(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = self.logits(model, inputs)
         with torch.no_grad():
@@ -294,9 +299,16 @@ class KnnProbe(Capability):
 
     metric = "knn_accuracy"
 
-    def __init__(self, name: str, train: dict[str, torch.Tensor], train_labels: torch.Tensor,
-                 test: dict[str, torch.Tensor], test_labels: torch.Tensor, k: int = 10,
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        name: str,
+        train: dict[str, torch.Tensor],
+        train_labels: torch.Tensor,
+        test: dict[str, torch.Tensor],
+        test_labels: torch.Tensor,
+        k: int = 10,
+        batch_size: int = 64,
+    ) -> None:
         super().__init__(name, batch_size)
         self.train, self.train_labels = train, train_labels
         self.test, self.test_labels = test, test_labels
@@ -309,8 +321,9 @@ class KnnProbe(Capability):
         return knn_accuracy(memory, self.train_labels, queries, self.test_labels, self.k)
 
 
-def knn_accuracy(memory: torch.Tensor, memory_labels: torch.Tensor, queries: torch.Tensor,
-                 query_labels: torch.Tensor, k: int) -> float:
+def knn_accuracy(
+    memory: torch.Tensor, memory_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor, k: int
+) -> float:
     """Majority vote of the ``k`` most similar memory rows (ties: the smallest label)."""
     k = min(k, memory.shape[0])
     nearest = (queries @ memory.T).topk(k, dim=1).indices
@@ -321,8 +334,16 @@ def knn_accuracy(memory: torch.Tensor, memory_labels: torch.Tensor, queries: tor
 CAPABILITY_KINDS = ("perplexity", "accuracy", "knn")
 
 
-def build_capability(kind: str, data: TextData, tokenizer: Any, seq_len: int, name: str | None = None,
-                     eval_size: int = 256, train_size: int = 512, seed: int = 0) -> Capability:
+def build_capability(
+    kind: str,
+    data: TextData,
+    tokenizer: Any,
+    seq_len: int,
+    name: str | None = None,
+    eval_size: int = 256,
+    train_size: int = 512,
+    seed: int = 0,
+) -> Capability:
     """A capability of ``kind`` from a data source: half for evaluation, half for fitting/replay."""
     from forgetless.errors import ConfigError, closest_names
 
@@ -331,13 +352,18 @@ def build_capability(kind: str, data: TextData, tokenizer: Any, seq_len: int, na
     name = name or f"{kind}:{data.source}"
     train, test = data.split(0.5, seed)
     if kind == "perplexity":
-        return Perplexity(name, lm_blocks(tokenizer, test, seq_len, eval_size),
-                          lm_blocks(tokenizer, train, seq_len, train_size))
+        return Perplexity(
+            name, lm_blocks(tokenizer, test, seq_len, eval_size), lm_blocks(tokenizer, train, seq_len, train_size)
+        )
     if not data.labelled:
         raise DataError(f"capability {name!r} needs labelled data (a label column or class folders)")
     train, test = train.head(train_size, seed), test.head(eval_size, seed)
-    args = (encode_texts(tokenizer, train.texts, seq_len), torch.tensor(train.labels),
-            encode_texts(tokenizer, test.texts, seq_len), torch.tensor(test.labels))
+    args = (
+        encode_texts(tokenizer, train.texts, seq_len),
+        torch.tensor(train.labels),
+        encode_texts(tokenizer, test.texts, seq_len),
+        torch.tensor(test.labels),
+    )
     if kind == "accuracy":
         return HeadAccuracy(name, *args)
     return KnnProbe(name, *args)

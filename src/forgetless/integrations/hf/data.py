@@ -85,9 +85,7 @@ def _tweets() -> TextData:
 def _kjv() -> TextData:
     if shutil.which("bible") is None:
         raise DataError("builtin:kjv needs the `bible` command: apt-get install -y bible-kjv")
-    text = subprocess.run(
-        ["bible", "-f", "gen1:1-rev22:21"], capture_output=True, text=True, check=True
-    ).stdout
+    text = subprocess.run(["bible", "-f", "gen1:1-rev22:21"], capture_output=True, text=True, check=True).stdout
     return TextData(_paragraphs(text, 2000), source="builtin:kjv")
 
 
@@ -127,8 +125,9 @@ def _paragraphs(text: str, max_chars: int) -> list[str]:
     return docs
 
 
-def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,
-          path: Path, required: bool) -> str | None:
+def _pick(
+    columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path, required: bool
+) -> str | None:
     lowered = {c.lower(): c for c in columns}
     if wanted is not None:
         if wanted not in columns:
@@ -151,8 +150,9 @@ def _labels(raw: list[str]) -> tuple[list[int], list[str]]:
     return [index[v] for v in raw], names
 
 
-def _rows_to_data(rows: list[dict], path: Path, text_column: str | None,
-                  label_column: str | None, need_labels: bool) -> TextData:
+def _rows_to_data(
+    rows: list[dict], path: Path, text_column: str | None, label_column: str | None, need_labels: bool
+) -> TextData:
     if not rows:
         raise DataError(f"{path}: no rows")
     columns = list(rows[0].keys())
@@ -165,16 +165,20 @@ def _rows_to_data(rows: list[dict], path: Path, text_column: str | None,
     return TextData(texts, labels, names, str(path))
 
 
-def _read_table(path: Path, text_column: str | None, label_column: str | None,
-                delimiter: str, need_labels: bool = False,
-                encoding_errors: str = "strict") -> TextData:
+def _read_table(
+    path: Path,
+    text_column: str | None,
+    label_column: str | None,
+    delimiter: str,
+    need_labels: bool = False,
+    encoding_errors: str = "strict",
+) -> TextData:
     with path.open(newline="", encoding="utf-8", errors=encoding_errors) as handle:
         rows = list(csv.DictReader(handle, delimiter=delimiter))
     return _rows_to_data(rows, path, text_column, label_column, need_labels)
 
 
-def _read_jsonl(path: Path, text_column: str | None, label_column: str | None,
-                need_labels: bool) -> TextData:
+def _read_jsonl(path: Path, text_column: str | None, label_column: str | None, need_labels: bool) -> TextData:
     rows = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
@@ -184,7 +188,7 @@ def _read_jsonl(path: Path, text_column: str | None, label_column: str | None,
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
     if rows and not all(isinstance(r, dict) for r in rows):
-        raise DataError(f"{path}: every JSONL line must be an object like {{\"text\": ...}}")
+        raise DataError(f'{path}: every JSONL line must be an object like {{"text": ...}}')
     return _rows_to_data(rows, path, text_column, label_column, need_labels)
 
 
@@ -200,8 +204,9 @@ def _read_class_folders(root: Path) -> TextData:
     return TextData(texts, labels, names, str(root))
 
 
-def load_texts(source: str | Path, text_column: str | None = None,
-               label_column: str | None = None, need_labels: bool = False) -> TextData:
+def load_texts(
+    source: str | Path, text_column: str | None = None, label_column: str | None = None, need_labels: bool = False
+) -> TextData:
     """Read a data source: ``builtin:<name>``, ``.jsonl``, ``.csv``, ``.tsv``, ``.txt`` or a folder.
 
     A folder holds one sub-folder of ``.txt`` files per class (labels = folder names). A ``.txt``
@@ -220,22 +225,21 @@ def load_texts(source: str | Path, text_column: str | None = None,
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise DataError(f"data file {path} does not exist (or use builtin:<name>: "
-                            f"{', '.join(BUILTIN_SOURCES)})")
+            raise DataError(f"data file {path} does not exist (or use builtin:<name>: {', '.join(BUILTIN_SOURCES)})")
         suffix = path.suffix.lower()
         if path.is_dir():
             data = _read_class_folders(path)
         elif suffix in (".jsonl", ".json"):
             data = _read_jsonl(path, text_column, label_column, need_labels)
         elif suffix in (".csv", ".tsv"):
-            data = _read_table(path, text_column, label_column, "\t" if suffix == ".tsv" else ",",
-                               need_labels)
+            data = _read_table(path, text_column, label_column, "\t" if suffix == ".tsv" else ",", need_labels)
         elif suffix in (".txt", ".text", ".md", ".py"):
-            data = TextData(_paragraphs(path.read_text(encoding="utf-8", errors="replace"), 2000),
-                            source=str(path))
+            data = TextData(_paragraphs(path.read_text(encoding="utf-8", errors="replace"), 2000), source=str(path))
         else:
-            raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .csv, .tsv, "
-                            ".txt or a folder of class sub-folders)")
+            raise DataError(
+                f"{path}: unsupported file type {suffix!r} (use .jsonl, .csv, .tsv, "
+                ".txt or a folder of class sub-folders)"
+            )
     if need_labels and not data.labelled:
         raise DataError(f"{name}: this use needs labelled data (a label column or class folders)")
     if not data.texts:

@@ -37,8 +37,9 @@ def minilm_path() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
-def _run_all(base: FinetuneConfig, runs: dict[str, dict[str, Any]], out: Path,
-             run: RunHook | None) -> dict[str, dict[str, Any]]:
+def _run_all(
+    base: FinetuneConfig, runs: dict[str, dict[str, Any]], out: Path, run: RunHook | None
+) -> dict[str, dict[str, Any]]:
     results = {}
     for name, changes in runs.items():
         cfg = base.model_copy(update=changes)
@@ -48,25 +49,45 @@ def _run_all(base: FinetuneConfig, runs: dict[str, dict[str, Any]], out: Path,
     return results
 
 
-def encoder_demo(out: Path, steps: int = 60, batch_size: int = 16, seq_len: int = 64,
-                 eval_every: int = 15, eval_size: int = 200, train_size: int | None = 600,
-                 runs: dict[str, dict[str, Any]] | None = None,
-                 run: RunHook | None = None) -> dict[str, dict[str, Any]]:
+def encoder_demo(
+    out: Path,
+    steps: int = 60,
+    batch_size: int = 16,
+    seq_len: int = 64,
+    eval_every: int = 15,
+    eval_size: int = 200,
+    train_size: int | None = 600,
+    runs: dict[str, dict[str, Any]] | None = None,
+    run: RunHook | None = None,
+) -> dict[str, dict[str, Any]]:
     """MiniLM: keep tweet sentiment (a fixed head fitted before, and a k-NN probe) while
     fine-tuning on BBC News topics; naive vs LoRA vs L2-SP vs 25% replay."""
     base = FinetuneConfig(
-        model=minilm_path(), task="builtin:bbc-news",
-        keep=["accuracy:builtin:tweets", "knn:builtin:tweets"], steps=steps,
-        batch_size=batch_size, seq_len=seq_len, lr=5e-5, eval_every=eval_every,
-        eval_size=eval_size, train_size=train_size,
+        model=minilm_path(),
+        task="builtin:bbc-news",
+        keep=["accuracy:builtin:tweets", "knn:builtin:tweets"],
+        steps=steps,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lr=5e-5,
+        eval_every=eval_every,
+        eval_size=eval_size,
+        train_size=train_size,
     )
     return _run_all(base, runs or ENCODER_RUNS, out, run)
 
 
-def llm_demo(out: Path, pretrain_seconds: float = 120.0, steps: int = 100, batch_size: int = 16,
-             seq_len: int = 128, eval_every: int = 20, eval_size: int = 48,
-             runs: dict[str, dict[str, Any]] | None = None,
-             run: RunHook | None = None) -> dict[str, dict[str, Any]]:
+def llm_demo(
+    out: Path,
+    pretrain_seconds: float = 120.0,
+    steps: int = 100,
+    batch_size: int = 16,
+    seq_len: int = 128,
+    eval_every: int = 20,
+    eval_size: int = 48,
+    runs: dict[str, dict[str, Any]] | None = None,
+    run: RunHook | None = None,
+) -> dict[str, dict[str, Any]]:
     """Tiny byte-level GPT-2 pretrained on the King James Bible (or, without the ``bible``
     command, Python's prose documentation), fine-tuned on the standard library's code."""
     import shutil
@@ -79,8 +100,16 @@ def llm_demo(out: Path, pretrain_seconds: float = 120.0, steps: int = 100, batch
     pretraining, _ = data.split(0.5, 0)  # the half the perplexity capability fits/replays on
     model = pretrained_tiny_gpt2(pretraining, pretrain_seconds, seq_len, tag=general.split(":")[1])
     base = FinetuneConfig(
-        model=str(model), task="builtin:python-code", keep=[f"perplexity:{general}"],
-        steps=steps, batch_size=batch_size, seq_len=seq_len, lr=1e-3, warmup_steps=10,
-        eval_every=eval_every, eval_size=eval_size, train_size=2000,
+        model=str(model),
+        task="builtin:python-code",
+        keep=[f"perplexity:{general}"],
+        steps=steps,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lr=1e-3,
+        warmup_steps=10,
+        eval_every=eval_every,
+        eval_size=eval_size,
+        train_size=2000,
     )
     return _run_all(base, runs or LLM_RUNS, out, run)

@@ -89,32 +89,45 @@ def parse_keep(spec: str) -> tuple[str, str]:
     """``"KIND:SOURCE"`` (e.g. ``perplexity:builtin:kjv``, ``accuracy:reviews.csv``)."""
     kind, sep, source = spec.partition(":")
     if not sep or kind not in CAPABILITY_KINDS or not source:
-        raise ConfigError(f"--keep {spec!r} must be KIND:DATA with KIND one of "
-                          f"{', '.join(CAPABILITY_KINDS)} (e.g. perplexity:builtin:kjv)")
+        raise ConfigError(
+            f"--keep {spec!r} must be KIND:DATA with KIND one of "
+            f"{', '.join(CAPABILITY_KINDS)} (e.g. perplexity:builtin:kjv)"
+        )
     return kind, source
 
 
-def build_capabilities(specs: list[str], tokenizer: Any, cfg: FinetuneConfig,
-                       objective: str) -> list[Capability]:
+def build_capabilities(specs: list[str], tokenizer: Any, cfg: FinetuneConfig, objective: str) -> list[Capability]:
     if not specs:
-        raise ConfigError("no capability to keep: give at least one --keep KIND:DATA "
-                          "(e.g. --keep perplexity:builtin:kjv)")
+        raise ConfigError(
+            "no capability to keep: give at least one --keep KIND:DATA (e.g. --keep perplexity:builtin:kjv)"
+        )
     capabilities = []
     for spec in specs:
         kind, source = parse_keep(spec)
         if kind == "perplexity" and objective != "lm":
-            raise ConfigError(f"--keep {spec}: perplexity needs a causal LM (the task is "
-                              "classification); use accuracy: or knn: instead")
+            raise ConfigError(
+                f"--keep {spec}: perplexity needs a causal LM (the task is "
+                "classification); use accuracy: or knn: instead"
+            )
         data = load_texts(source, need_labels=kind != "perplexity")
-        capabilities.append(build_capability(kind, data, tokenizer, cfg.seq_len, name=f"{kind}:{source}",
-                                             eval_size=cfg.eval_size,
-                                             train_size=max(cfg.eval_size, 4 * cfg.batch_size),
-                                             seed=cfg.seed))
+        capabilities.append(
+            build_capability(
+                kind,
+                data,
+                tokenizer,
+                cfg.seq_len,
+                name=f"{kind}:{source}",
+                eval_size=cfg.eval_size,
+                train_size=max(cfg.eval_size, 4 * cfg.batch_size),
+                seed=cfg.seed,
+            )
+        )
     return capabilities
 
 
-def task_rows(data: TextData, tokenizer: Any, cfg: FinetuneConfig,
-              objective: str) -> tuple[dict[str, torch.Tensor], Capability]:
+def task_rows(
+    data: TextData, tokenizer: Any, cfg: FinetuneConfig, objective: str
+) -> tuple[dict[str, torch.Tensor], Capability]:
     """Training rows of the new task and its held-out metric (perplexity or accuracy)."""
     train, test = data.split(0.2, cfg.seed)
     test = test.head(cfg.eval_size, cfg.seed)
@@ -125,8 +138,7 @@ def task_rows(data: TextData, tokenizer: Any, cfg: FinetuneConfig,
     train = train.head(cfg.train_size, cfg.seed)
     rows = {**encode_texts(tokenizer, train.texts, cfg.seq_len), "labels": torch.tensor(train.labels)}
     test_rows = encode_texts(tokenizer, test.texts, cfg.seq_len)
-    metric = HeadAccuracy("task", rows, rows["labels"], test_rows, torch.tensor(test.labels),
-                          head="model")
+    metric = HeadAccuracy("task", rows, rows["labels"], test_rows, torch.tensor(test.labels), head="model")
     return rows, metric
 
 
@@ -134,13 +146,16 @@ def _apply_lora(model: Any, cfg: FinetuneConfig, objective: str) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
     task_type = TaskType.CAUSAL_LM if objective == "lm" else TaskType.SEQ_CLS
-    lora = LoraConfig(task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=0.0, target_modules=cfg.lora_targets)
+    lora = LoraConfig(
+        task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=cfg.lora_targets
+    )
     try:
         return get_peft_model(model, lora)
     except ValueError as error:
-        raise ConfigError(f"LoRA cannot pick target modules for this model ({str(error)[:120]}): "
-                          "pass --lora-targets, e.g. query,value") from None
+        raise ConfigError(
+            f"LoRA cannot pick target modules for this model ({str(error)[:120]}): "
+            "pass --lora-targets, e.g. query,value"
+        ) from None
 
 
 class _StepCallback:
@@ -156,9 +171,12 @@ class _StepCallback:
         return StepCallback()
 
 
-def run_finetune(cfg: FinetuneConfig, out: Path | None = None,
-                 listeners: list[Listener] | None = None,
-                 on_step: StepListener | None = None) -> dict[str, Any]:
+def run_finetune(
+    cfg: FinetuneConfig,
+    out: Path | None = None,
+    listeners: list[Listener] | None = None,
+    on_step: StepListener | None = None,
+) -> dict[str, Any]:
     """Fine-tune per ``cfg``; returns the forgetting summary (and writes the report to ``out``)."""
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -181,17 +199,18 @@ def run_finetune(cfg: FinetuneConfig, out: Path | None = None,
     started = time.perf_counter()
     set_seed(cfg.seed)
     if not cfg.keep:
-        raise ConfigError("no capability to keep: give at least one --keep KIND:DATA "
-                          "(e.g. --keep perplexity:builtin:kjv)")
+        raise ConfigError(
+            "no capability to keep: give at least one --keep KIND:DATA (e.g. --keep perplexity:builtin:kjv)"
+        )
     for spec in cfg.keep:
         parse_keep(spec)
-    data = load_texts(cfg.task, cfg.text_column, cfg.label_column,
-                      need_labels=cfg.objective == "classify")
+    data = load_texts(cfg.task, cfg.text_column, cfg.label_column, need_labels=cfg.objective == "classify")
     objective = cfg.objective if cfg.objective != "auto" else ("classify" if data.labelled else "lm")
     if objective == "classify" and not data.labelled:
         raise ConfigError(f"{cfg.task}: classification needs labels")
     model, tokenizer, new_params = load_model(
-        cfg.model, objective, len(data.label_names) if objective == "classify" else None, cfg.seq_len)
+        cfg.model, objective, len(data.label_names) if objective == "classify" else None, cfg.seq_len
+    )
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     rows, task_metric = task_rows(data, tokenizer, cfg, objective)
@@ -202,8 +221,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path | None = None,
     if cfg.lora:
         model = _apply_lora(model, cfg, objective)
     new = tuple(new_params)
-    anchored = [n for n, p in model.named_parameters()
-                if p.requires_grad and not any(n.endswith(m) for m in new)]
+    anchored = [n for n, p in model.named_parameters() if p.requires_grad and not any(n.endswith(m) for m in new)]
     penalties = []
     fisher_bytes = 0
     if cfg.l2sp:
@@ -215,8 +233,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path | None = None,
         generator = torch.Generator().manual_seed(cfg.seed)
         fisher: dict[str, torch.Tensor] = {}
         for capability in sources:
-            part = estimate_fisher(model, capability, cfg.ewc_samples, generator,
-                                   cfg.ewc_modules or anchored)
+            part = estimate_fisher(model, capability, cfg.ewc_samples, generator, cfg.ewc_modules or anchored)
             for name, value in part.items():
                 fisher[name] = fisher.get(name, 0) + value / len(sources)
         fisher_bytes = sum(v.numel() * v.element_size() for v in fisher.values())
@@ -228,19 +245,31 @@ def run_finetune(cfg: FinetuneConfig, out: Path | None = None,
         raise ConfigError("replay needs general data: keep a perplexity: or accuracy: capability")
     task_set = RowsDataset(rows)
     general_set = RowsDataset(general) if general is not None else RowsDataset({"x": torch.zeros(0)})
-    sampler = MixingBatchSampler(len(task_set), len(general_set), cfg.batch_size, cfg.replay_ratio,
-                                 num_batches=cfg.steps, seed=cfg.seed)
+    sampler = MixingBatchSampler(
+        len(task_set), len(general_set), cfg.batch_size, cfg.replay_ratio, num_batches=cfg.steps, seed=cfg.seed
+    )
 
     optimizer = None
     if cfg.layerwise_lr_decay < 1:
         optimizer = layerwise_adamw(model, cfg.lr, cfg.layerwise_lr_decay, cfg.weight_decay)
     scratch = tempfile.TemporaryDirectory(prefix="forgetless-trainer-")
     args = TrainingArguments(
-        output_dir=scratch.name, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type="constant_with_warmup", logging_strategy="no", save_strategy="no",
-        report_to=[], disable_tqdm=True, remove_unused_columns=False, seed=cfg.seed,
-        data_seed=cfg.seed, use_cpu=device.type == "cpu", dataloader_num_workers=0,
+        output_dir=scratch.name,
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type="constant_with_warmup",
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=device.type == "cpu",
+        dataloader_num_workers=0,
     )
     guard = ForgettingCallback(tracker, cfg.stop_if_drop, listeners=listeners)
     callbacks: list[Any] = [guard]
@@ -249,9 +278,13 @@ def run_finetune(cfg: FinetuneConfig, out: Path | None = None,
     if on_step is not None:
         callbacks.append(_StepCallback(on_step))
     trainer = ForgetlessTrainer(
-        model=model, args=args, train_dataset=MixedDataset(task_set, general_set),
-        data_collator=SplitCollator(), callbacks=callbacks,
-        optimizers=(optimizer, None), penalties=penalties,
+        model=model,
+        args=args,
+        train_dataset=MixedDataset(task_set, general_set),
+        data_collator=SplitCollator(),
+        callbacks=callbacks,
+        optimizers=(optimizer, None),
+        penalties=penalties,
         replay_loss=replay_source.replay_loss if general is not None else None,
         mixing_sampler=sampler,
     )
@@ -267,19 +300,21 @@ def run_finetune(cfg: FinetuneConfig, out: Path | None = None,
     wall = time.perf_counter() - started
     steps_done = guard.stopped_at if guard.stopped_at is not None else trainer.state.global_step
     train_seconds = max(1e-6, train_wall - eval_seconds)
-    summary.update({
-        "run": "+".join(cfg.mitigations()),
-        "objective": objective,
-        "model": cfg.model,
-        "task_source": cfg.task,
-        "steps_trained": int(steps_done),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "total_parameters": sum(p.numel() for p in model.parameters()),
-        "tokens_per_second": trainer.state.global_step * cfg.batch_size * cfg.seq_len / train_seconds,
-        "fisher_bytes": fisher_bytes,
-        "wall_seconds": wall,
-        "config": cfg.model_dump(mode="json"),
-    })
+    summary.update(
+        {
+            "run": "+".join(cfg.mitigations()),
+            "objective": objective,
+            "model": cfg.model,
+            "task_source": cfg.task,
+            "steps_trained": int(steps_done),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total_parameters": sum(p.numel() for p in model.parameters()),
+            "tokens_per_second": trainer.state.global_step * cfg.batch_size * cfg.seq_len / train_seconds,
+            "fisher_bytes": fisher_bytes,
+            "wall_seconds": wall,
+            "config": cfg.model_dump(mode="json"),
+        }
+    )
     if out is not None:
         write_report({summary["run"]: summary}, Path(out))
     summary["_model"] = model
@@ -295,8 +330,7 @@ def public(summary: dict[str, Any]) -> dict[str, Any]:
 
 def before_after_rows(summary: dict[str, Any]) -> list[tuple[str, str, float, float, float]]:
     """``(name, metric, before, after, drop)`` for each capability, then the task."""
-    rows = [(name, c["metric"], c["before"], c["after"], c["drop"])
-            for name, c in summary["capabilities"].items()]
+    rows = [(name, c["metric"], c["before"], c["after"], c["drop"]) for name, c in summary["capabilities"].items()]
     if "task" in summary:
         task = summary["task"]
         rows.append(("new task", task["metric"], task["before"], task["after"], float("nan")))
@@ -332,8 +366,7 @@ def plot_curves(runs: dict[str, dict[str, Any]], path: Path) -> None:
     for ax, (panel, metric) in zip(axes[0], panels):
         for run, summary in runs.items():
             steps = summary["steps"]
-            curve = (summary["task"]["curve"] if panel == "new task"
-                     else summary["capabilities"][panel]["curve"])
+            curve = summary["task"]["curve"] if panel == "new task" else summary["capabilities"][panel]["curve"]
             ax.plot(steps, curve, marker="o", ms=3, label=run)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("fine-tuning step")

@@ -63,16 +63,19 @@ class MixingBatchSampler(Sampler[list[int]]):
     the generator state, both permutations and positions.
     """
 
-    def __init__(self, n_task: int, n_general: int, batch_size: int, ratio: float,
-                 num_batches: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, n_task: int, n_general: int, batch_size: int, ratio: float, num_batches: int | None = None, seed: int = 0
+    ) -> None:
         if not 0.0 <= ratio < 1.0:
             raise ConfigError(f"replay ratio must be in [0, 1), got {ratio}")
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.n_general_per_batch = int(round(ratio * batch_size))
         if ratio > 0 and self.n_general_per_batch == 0:
-            raise ConfigError(f"replay ratio {ratio} of batch size {batch_size} is 0 rows: "
-                              f"raise the ratio to >= {0.5 / batch_size:.3f} or the batch size")
+            raise ConfigError(
+                f"replay ratio {ratio} of batch size {batch_size} is 0 rows: "
+                f"raise the ratio to >= {0.5 / batch_size:.3f} or the batch size"
+            )
         if self.n_general_per_batch >= batch_size:
             raise ConfigError(f"replay ratio {ratio} leaves no task row in a batch of {batch_size}")
         if self.n_general_per_batch > 0 and n_general == 0:
@@ -84,8 +87,10 @@ class MixingBatchSampler(Sampler[list[int]]):
         self.n_task_per_batch = batch_size - self.n_general_per_batch
         self.num_batches = num_batches or math.ceil(n_task / self.n_task_per_batch)
         self.generator = torch.Generator().manual_seed(seed)
-        self._order = {"task": torch.randperm(n_task, generator=self.generator), "general":
-                       torch.randperm(max(n_general, 1), generator=self.generator)}
+        self._order = {
+            "task": torch.randperm(n_task, generator=self.generator),
+            "general": torch.randperm(max(n_general, 1), generator=self.generator),
+        }
         self._position = {"task": 0, "general": 0}
 
     def __len__(self) -> int:
@@ -111,8 +116,7 @@ class MixingBatchSampler(Sampler[list[int]]):
             yield task + general
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "order": dict(self._order),
-                "position": dict(self._position)}
+        return {"generator": self.generator.get_state(), "order": dict(self._order), "position": dict(self._position)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
@@ -137,8 +141,9 @@ class SplitCollator:
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         task = [item for item in items if item.get(SOURCE_KEY, 0) == 0]
         general = [item for item in items if item.get(SOURCE_KEY, 0) == 1]
-        batch: dict[str, Any] = {"task": self.task_collate(
-            [{k: v for k, v in item.items() if k != SOURCE_KEY} for item in task])}
+        batch: dict[str, Any] = {
+            "task": self.task_collate([{k: v for k, v in item.items() if k != SOURCE_KEY} for item in task])
+        }
         if general:
             batch["replay"] = _stack(general)
         return batch

@@ -12,8 +12,9 @@ OBJECTIVES = ("lm", "classify")
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in ("1", "true", "yes")
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", "0"
+    ).lower() in ("1", "true", "yes")
 
 
 def resolve_model_source(name_or_path: str) -> str:
@@ -21,20 +22,25 @@ def resolve_model_source(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise DataError(f"model folder {path} has no config.json: save it with "
-                            "model.save_pretrained(folder) or give a hub name")
+            raise DataError(
+                f"model folder {path} has no config.json: save it with model.save_pretrained(folder) or give a hub name"
+            )
         return str(path)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise DataError(f"model path {name_or_path} does not exist: give an existing folder "
-                        "(with config.json) or a Hugging Face hub name")
+        raise DataError(
+            f"model path {name_or_path} does not exist: give an existing folder "
+            "(with config.json) or a Hugging Face hub name"
+        )
     return name_or_path
 
 
 def _hub_error(name: str, error: Exception) -> ConfigError:
     why = "HF_HUB_OFFLINE is set" if _offline() else "the hub is unreachable or the name is unknown"
-    return ConfigError(f"model {name!r} is not a local folder and could not be loaded from the "
-                       f"Hugging Face hub ({why}: {type(error).__name__}); pass a local folder saved "
-                       "with save_pretrained, or connect and unset HF_HUB_OFFLINE")
+    return ConfigError(
+        f"model {name!r} is not a local folder and could not be loaded from the "
+        f"Hugging Face hub ({why}: {type(error).__name__}); pass a local folder saved "
+        "with save_pretrained, or connect and unset HF_HUB_OFFLINE"
+    )
 
 
 def max_sequence_length(config: Any) -> int | None:
@@ -49,12 +55,14 @@ def max_sequence_length(config: Any) -> int | None:
 def check_sequence_length(config: Any, seq_len: int) -> None:
     limit = max_sequence_length(config)
     if limit is not None and seq_len > limit:
-        raise ConfigError(f"sequence length {seq_len} is beyond the model's maximum {limit}: "
-                          f"use --seq-len {limit} or less")
+        raise ConfigError(
+            f"sequence length {seq_len} is beyond the model's maximum {limit}: use --seq-len {limit} or less"
+        )
 
 
-def load_model(name_or_path: str, objective: str, num_labels: int | None = None,
-               seq_len: int | None = None) -> tuple[Any, Any, list[str]]:
+def load_model(
+    name_or_path: str, objective: str, num_labels: int | None = None, seq_len: int | None = None
+) -> tuple[Any, Any, list[str]]:
     """``(model, tokenizer, new_parameter_names)`` for ``objective`` ``lm`` or ``classify``.
 
     ``new_parameter_names`` are the weights not found in the checkpoint (e.g. a fresh
@@ -90,6 +98,7 @@ def load_model(name_or_path: str, objective: str, num_labels: int | None = None,
     try:
         model, info = model_class.from_pretrained(source, **kwargs)
     except ValueError as error:
-        raise ConfigError(f"{name_or_path} cannot be loaded for objective {objective!r} "
-                          f"({str(error).splitlines()[0][:160]})") from None
+        raise ConfigError(
+            f"{name_or_path} cannot be loaded for objective {objective!r} ({str(error).splitlines()[0][:160]})"
+        ) from None
     return model, tokenizer, list(info.get("missing_keys", []))

@@ -34,16 +34,20 @@ def select_parameters(model: nn.Module, modules: Sequence[str] | None = None) ->
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     if not modules:
         return names
-    chosen = [n for n in names if any(fnmatch.fnmatch(n, pattern) or n.startswith(pattern + ".")
-                                      for pattern in modules)]
+    chosen = [
+        n for n in names if any(fnmatch.fnmatch(n, pattern) or n.startswith(pattern + ".") for pattern in modules)
+    ]
     if not chosen:
-        raise ConfigError(f"no trainable parameter matches {list(modules)}: check the module names "
-                          f"(e.g. {names[0] if names else 'none'})")
+        raise ConfigError(
+            f"no trainable parameter matches {list(modules)}: check the module names "
+            f"(e.g. {names[0] if names else 'none'})"
+        )
     return chosen
 
 
-def l2sp_penalty(model: nn.Module, alpha: float, modules: Sequence[str] | None = None,
-                 exclude: Sequence[str] = ()) -> AnchoredPenalty:
+def l2sp_penalty(
+    model: nn.Module, alpha: float, modules: Sequence[str] | None = None, exclude: Sequence[str] = ()
+) -> AnchoredPenalty:
     """``alpha/2 * ||w - w0||^2`` anchored at the model's current (pretrained) weights."""
     if alpha < 0:
         raise ConfigError(f"l2sp alpha must be >= 0, got {alpha}")
@@ -64,9 +68,14 @@ def ewc_penalty(model: nn.Module, fisher: dict[str, torch.Tensor], lam: float) -
     return penalty
 
 
-def estimate_fisher(model: nn.Module, capability: Capability, n_samples: int,
-                    generator: torch.Generator, modules: Sequence[str] | None = None,
-                    batch_size: int = 1) -> dict[str, torch.Tensor]:
+def estimate_fisher(
+    model: nn.Module,
+    capability: Capability,
+    n_samples: int,
+    generator: torch.Generator,
+    modules: Sequence[str] | None = None,
+    batch_size: int = 1,
+) -> dict[str, torch.Tensor]:
     """Diagonal Fisher over ``n_samples`` rows of the capability's general data.
 
     One float32 accumulator per selected parameter; parameters outside ``modules`` get no

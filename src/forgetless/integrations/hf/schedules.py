@@ -40,8 +40,9 @@ def layer_depths(model: nn.Module) -> tuple[dict[str, int], int]:
     return depths, n_layers
 
 
-def layerwise_param_groups(model: nn.Module, lr: float, decay: float,
-                           weight_decay: float = 0.0) -> list[dict[str, Any]]:
+def layerwise_param_groups(
+    model: nn.Module, lr: float, decay: float, weight_decay: float = 0.0
+) -> list[dict[str, Any]]:
     """One optimizer group per depth with ``lr * decay ** (L + 1 - depth)`` (trainable only).
 
     Biases and norm weights (1-D) get no weight decay, as in the ``Trainer``'s default.
@@ -56,14 +57,17 @@ def layerwise_param_groups(model: nn.Module, lr: float, decay: float,
         depth, decays = depths[name], param.dim() > 1
         key = (depth, decays)
         if key not in groups:
-            groups[key] = {"params": [], "lr": lr * decay ** (n_layers + 1 - depth),
-                           "weight_decay": weight_decay if decays else 0.0, "depth": depth}
+            groups[key] = {
+                "params": [],
+                "lr": lr * decay ** (n_layers + 1 - depth),
+                "weight_decay": weight_decay if decays else 0.0,
+                "depth": depth,
+            }
         groups[key]["params"].append(param)
     return [groups[k] for k in sorted(groups)]
 
 
-def layerwise_adamw(model: nn.Module, lr: float, decay: float,
-                    weight_decay: float = 0.0) -> torch.optim.AdamW:
+def layerwise_adamw(model: nn.Module, lr: float, decay: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
     """AdamW over :func:`layerwise_param_groups` (pass as ``Trainer(optimizers=(opt, None))``)."""
     return torch.optim.AdamW(layerwise_param_groups(model, lr, decay, weight_decay), lr=lr)
 
@@ -89,23 +93,40 @@ class GradualUnfreezing(TrainerCallback):
             if name in self.trainable:
                 param.requires_grad_(self.depths[name] >= lowest)
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
-                       control: TrainerControl, model: nn.Module | None = None,
-                       **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         assert model is not None
         self.depths, n_layers = layer_depths(model)
         self.top = n_layers + 1
         self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         self._apply(model, state.global_step)
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    model: nn.Module | None = None, **kwargs: Any) -> None:
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         assert model is not None
         if state.global_step % self.every == 0:
             self._apply(model, state.global_step)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                     model: nn.Module | None = None, **kwargs: Any) -> None:
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         assert model is not None
         for name, param in model.named_parameters():
             if name in self.trainable:

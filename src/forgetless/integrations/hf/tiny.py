@@ -20,8 +20,7 @@ from forgetless.integrations.hf.data import TextData
 
 def _byte_chars(alphabet: list[str]) -> list[str]:
     """GPT-2's byte-to-unicode table (Radford et al. 2019), ordered by byte value."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, shift = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -44,20 +43,33 @@ def byte_tokenizer() -> Any:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
 
 
-def tiny_gpt2(n_layer: int = 4, n_embd: int = 256, n_head: int = 4, n_positions: int = 256,
-              seed: int = 0) -> Any:
+def tiny_gpt2(n_layer: int = 4, n_embd: int = 256, n_head: int = 4, n_positions: int = 256, seed: int = 0) -> Any:
     """A randomly initialised byte-level GPT-2 (defaults: ~3.3M parameters)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=257, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                        n_head=n_head, bos_token_id=256, eos_token_id=256, pad_token_id=256,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=257,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=256,
+        eos_token_id=256,
+        pad_token_id=256,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -69,8 +81,15 @@ def cache_dir() -> Path:
     return Path(base) / "forgetless"
 
 
-def pretrain_lm(model: Any, blocks: torch.Tensor, seconds: float, batch_size: int = 16,
-                lr: float = 2e-3, seed: int = 0, max_steps: int | None = None) -> int:
+def pretrain_lm(
+    model: Any,
+    blocks: torch.Tensor,
+    seconds: float,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    seed: int = 0,
+    max_steps: int | None = None,
+) -> int:
     """Plain AdamW loop on random blocks for a time budget (warmup 50 steps); returns steps."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -91,8 +110,9 @@ def pretrain_lm(model: Any, blocks: torch.Tensor, seconds: float, batch_size: in
     return step
 
 
-def pretrained_tiny_gpt2(general: TextData, seconds: float = 150.0, seq_len: int = 128,
-                         tag: str = "", folder: Path | None = None) -> Path:
+def pretrained_tiny_gpt2(
+    general: TextData, seconds: float = 150.0, seq_len: int = 128, tag: str = "", folder: Path | None = None
+) -> Path:
     """Folder of a tiny GPT-2 pretrained on ``general`` for ``seconds`` (cached: built once)."""
     folder = folder or cache_dir() / f"tiny-gpt2-bytes{('-' + tag) if tag else ''}-{int(seconds)}s"
     if (folder / "config.json").exists():

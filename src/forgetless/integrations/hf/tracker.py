@@ -27,8 +27,7 @@ class CapabilityTracker:
     ``task`` (optional) is the new task's metric, recorded but never counted as forgetting.
     """
 
-    def __init__(self, capabilities: list[Capability], task: Capability | None = None,
-                 eval_every: int = 50) -> None:
+    def __init__(self, capabilities: list[Capability], task: Capability | None = None, eval_every: int = 50) -> None:
         if not capabilities:
             raise ConfigError("no capability to keep: give at least one --keep KIND:DATA")
         names = [c.name for c in capabilities]
@@ -104,16 +103,24 @@ class CapabilityTracker:
             }
         if self.task is not None:
             task_curve = [r["task"] for r in self.history]
-            out["task"] = {"metric": self.task.metric, "name": self.task.name,
-                           "before": task_curve[0], "after": final["task"], "curve": task_curve}
+            out["task"] = {
+                "metric": self.task.metric,
+                "name": self.task.name,
+                "before": task_curve[0],
+                "after": final["task"],
+                "curve": task_curve,
+            }
         drops = [v["drop"] for v in out["capabilities"].values()]
         out["mean_drop"] = float(np.mean(drops))
         out["worst_drop"] = float(np.max(drops))
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "prepared": self.prepared,
-                "capabilities": {c.name: c.state_dict() for c in self.capabilities}}
+        return {
+            "history": self.history,
+            "prepared": self.prepared,
+            "capabilities": {c.name: c.state_dict() for c in self.capabilities},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state["history"])

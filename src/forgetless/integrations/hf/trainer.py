@@ -35,9 +35,14 @@ class ForgettingTrainerMixin:
     replay sub-batch), ``mixing_sampler`` (batch sampler of the training set).
     """
 
-    def __init__(self, *args: Any, penalties: list[AnchoredPenalty] | None = None,
-                 replay_loss: ReplayLoss | None = None,
-                 mixing_sampler: MixingBatchSampler | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        penalties: list[AnchoredPenalty] | None = None,
+        replay_loss: ReplayLoss | None = None,
+        mixing_sampler: MixingBatchSampler | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.penalties = list(penalties or [])
         self.replay_loss = replay_loss
@@ -47,13 +52,21 @@ class ForgettingTrainerMixin:
     def get_train_dataloader(self) -> DataLoader:
         if self.mixing_sampler is None:
             return super().get_train_dataloader()  # type: ignore[misc]
-        loader = DataLoader(self.train_dataset, batch_sampler=self.mixing_sampler,
-                            collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers)
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=self.mixing_sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+        )
         return self.accelerator.prepare(loader)
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
         parent = super().compute_loss  # type: ignore[misc]
         if "task" in inputs:  # a SplitCollator batch
             task, replay = inputs["task"], inputs.get("replay")
@@ -65,10 +78,8 @@ class ForgettingTrainerMixin:
                 loss = (n_task * loss + n_replay * self.replay_loss(model, replay)) / (n_task + n_replay)
             scaled = False
         else:
-            loss, outputs = parent(model, inputs, return_outputs=True,
-                                   num_items_in_batch=num_items_in_batch)
-            scaled = (getattr(self, "model_accepts_loss_kwargs", False)
-                      and num_items_in_batch is not None)
+            loss, outputs = parent(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            scaled = getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None
         if self.penalties:
             target = self.model  # unwrapped: names match the anchors under DDP too
             penalty = sum(p.penalty(target) for p in self.penalties)
