@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from forgetless.config import make_config
@@ -446,21 +448,94 @@ def test_state_dict_round_trip_gives_identical_penalties(combination, tmp_path):
     assert learner.result.report  # bytes and term counts are reported
 
 
-def test_ewc_grows_per_task_and_online_ewc_stays_constant():
+def test_literal_ewc_grows_per_task_merged_ewc_and_online_ewc_stay_constant():
     config = make_config(benchmark="split-digits", scenario="class", epochs=1, hidden=[16])
     scenario = build_scenario("split-digits", "class", 5, seed=0)
     sizes = {}
-    for name in ("ewc", "online-ewc"):
+    for label, name, extra in (
+        ("literal", "ewc", {"merge_terms": False}),
+        ("merged", "ewc", {}),
+        ("online", "online-ewc", {}),
+    ):
         torch.manual_seed(0)
         model = build_model("mlp", scenario.input_shape, scenario.head_sizes, False, [16])
-        strategies = make_strategies(name, {name: {"fisher_samples": 64}})
+        strategies = make_strategies(name, {name: {"fisher_samples": 64, **extra}})
         learner = Learner(scenario, model, strategies, config)
-        learner.train_task(0)
-        learner.train_task(1)
-        sizes[name] = learner.result.report[name]["bytes_per_term"]
+        for task in range(3):
+            learner.train_task(task)
+        sizes[label] = learner.result.report[name]["bytes_per_term"]
     n_params = sum(p.numel() for p in model.parameters())
-    assert sizes["ewc"] == [8 * n_params, 8 * n_params]
-    assert sizes["online-ewc"] == [8 * n_params]
+    assert sizes["literal"] == [8 * n_params] * 3
+    assert sizes["merged"] == [8 * n_params]
+    assert sizes["online"] == [8 * n_params]
+
+
+def _random_terms(model: nn.Module, count: int, seed: int, sparse: bool):
+    generator = torch.Generator().manual_seed(seed)
+    terms = []
+    for _ in range(count):
+        importance = {}
+        for n, p in model.named_parameters():
+            value = torch.rand(p.shape, generator=generator)
+            if sparse:  # zero importance everywhere in some entries (and in every term for some)
+                value = value * (torch.rand(p.shape, generator=generator) > 0.5)
+            importance[n] = value
+        anchor = {n: p.detach() + torch.randn(p.shape, generator=generator) for n, p in model.named_parameters()}
+        weight = float(torch.rand((), generator=generator)) + 0.5
+        terms.append((importance, anchor, weight))
+    return terms
+
+
+@settings(max_examples=25, deadline=None)
+@given(count=st.integers(1, 6), seed=st.integers(0, 2**16), sparse=st.booleans())
+def test_merged_terms_have_the_value_and_gradient_of_the_sum(count, seed, sparse):
+    """EWC's merge (S = sum F_t, mu = sum F_t a_t / S, constant C) is exact: value and gradient."""
+    model = small_model(False)
+    literal, merged = AnchoredPenalty(), AnchoredPenalty()
+    for importance, anchor, weight in _random_terms(model, count, seed, sparse):
+        literal.add_term(importance, anchor, weight)
+        merged.add_term(importance, anchor, weight)
+        merged.merge_terms()  # after every task, as EWC does
+    assert len(merged.terms) == 1
+    with torch.no_grad():  # move away from the anchors so the gradient is not trivially small
+        for p in model.parameters():
+            p.add_(0.1)
+    value_literal = literal.penalty(model)
+    grad_literal = torch.autograd.grad(value_literal, list(model.parameters()))
+    value_merged = merged.penalty(model)
+    grad_merged = torch.autograd.grad(value_merged, list(model.parameters()))
+    assert torch.allclose(value_merged, value_literal, rtol=1e-4)
+    for a, b in zip(grad_merged, grad_literal, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    # and the merged term survives a state_dict round trip, constant included
+    restored = AnchoredPenalty()
+    restored.load_state_dict(merged.state_dict())
+    assert torch.equal(restored.penalty(model), value_merged)
+
+
+def test_merge_keeps_terms_over_other_parameters_apart():
+    model = small_model(False)
+    names = [n for n, _ in model.named_parameters()]
+    penalty = AnchoredPenalty()
+    penalty.add_term(None, snapshot(model))  # no importance: not merged
+    for chosen in (names, names, names[:1]):
+        values = {n: p.detach() for n, p in model.named_parameters() if n in chosen}
+        penalty.add_term({n: torch.ones_like(v) for n, v in values.items()}, values)
+    penalty.merge_terms()
+    assert [len(t.names) for t in penalty.terms] == [len(names), len(names), 1]
+
+
+def test_ewc_merged_and_literal_train_the_same_model():
+    """Merged EWC is the same optimisation problem: the accuracy matrices agree."""
+    config = make_config(benchmark="split-digits", scenario="domain", epochs=1, hidden=[16], tasks=5)
+    scenario = build_scenario("split-digits", "domain", 5, seed=0)
+    matrices = []
+    for merge in (False, True):
+        torch.manual_seed(0)
+        model = build_model("mlp", scenario.input_shape, scenario.head_sizes, False, [16])
+        strategies = make_strategies("ewc", {"ewc": {"fisher_samples": 64, "merge_terms": merge}})
+        matrices.append(Learner(scenario, model, strategies, config, seed=0).run().matrix)
+    assert abs(matrices[0] - matrices[1]).max() <= 0.02  # float rounding may flip a few predictions
 
 
 def test_composition_ewc_plus_lwf_trains_both(monkeypatch):

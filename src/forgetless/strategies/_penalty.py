@@ -13,6 +13,9 @@ API
     ``importance``/``anchor``: ``{name: tensor}`` or ``None`` (``None`` importance = 1 for
     every covered parameter, ``None`` anchor = 0, i.e. plain weight decay); ``names`` is needed
     when both are ``None``. Tensors are copied (detached) and stored as one flat vector each.
+``merge_terms()``
+    Replaces the terms over the same parameters by one exact equivalent (constant cost per
+    step, same value and gradient; see :meth:`AnchoredPenalty.merge_terms`).
 ``replace_term(index, ...)``, ``clear()``, ``terms`` (a list of :class:`PenaltyTerm`),
 ``term_dicts(index) -> (importance, anchor)`` as ``{name: tensor}`` views.
 ``penalty(model) -> Tensor``
@@ -50,13 +53,18 @@ Tensors = Mapping[str, torch.Tensor]
 
 @dataclass
 class PenaltyTerm:
-    """One ``(importance, anchor)`` pair over ``names``, stored flat (``None`` = 1 or 0)."""
+    """One ``(importance, anchor)`` pair over ``names``, stored flat (``None`` = 1 or 0).
+
+    Its value is ``weight * (sum_i importance_i (theta_i - anchor_i)^2 + offset)``; ``offset``
+    is a constant (nonzero only for merged terms, so that their value equals the sum they replace).
+    """
 
     names: tuple[str, ...]
     shapes: tuple[torch.Size, ...]
     importance: torch.Tensor | None
     anchor: torch.Tensor | None
     weight: float = 1.0
+    offset: float = 0.0
 
     @property
     def nbytes(self) -> int:
@@ -73,27 +81,65 @@ class PenaltyTerm:
         return out
 
 
+def _buffer(workspace: dict | None, key: tuple, size: int, like: torch.Tensor) -> torch.Tensor:
+    """A flat scratch vector of ``size`` entries (dtype and device of ``like``), reused across
+    steps when a workspace is given.
+
+    Reuse matters on CPU: a fresh parameter-sized allocation every step is returned to the OS
+    and page-faulted back in (hundreds of faults per step, measured), which cost more than the
+    arithmetic of the penalty itself.
+    """
+    if workspace is None:
+        return like.new_empty(size)
+    found = workspace.get(key)
+    if found is None or found.numel() != size or found.dtype != like.dtype or found.device != like.device:
+        found = workspace[key] = like.new_empty(size)
+    return found
+
+
 def _evaluate(
-    plan: list[tuple[PenaltyTerm, list[int]]], params: Sequence[torch.Tensor]
+    plan: list[tuple[PenaltyTerm, list[int]]], params: Sequence[torch.Tensor], workspace: dict | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    """The penalty and ``1/2`` of its gradient per parameter (flat vector ops per term)."""
+    """The penalty and ``1/2`` of its gradient per parameter (flat vector ops per term).
+
+    With a ``workspace`` the flat vectors live in reused buffers: the returned half-gradients
+    are views into them, valid until the next call with the same workspace.
+    """
     value = params[0].new_zeros(())
-    halves: list[torch.Tensor | None] = [None] * len(params)
-    flat: dict[tuple[int, ...], torch.Tensor] = {}  # terms over the same names share one copy
+    thetas: dict[tuple[int, ...], torch.Tensor] = {}  # terms over the same names share one copy
+    sums: dict[tuple[int, ...], torch.Tensor] = {}  # half-gradient of each parameter set
     for term, indices in plan:
         key = tuple(indices)
-        if key not in flat:
-            flat[key] = torch.cat([params[i].detach().reshape(-1) for i in indices])
-        theta = flat[key]
-        diff = theta if term.anchor is None else theta - term.anchor
-        weighted = diff if term.importance is None else term.importance * diff
-        if term.weight != 1.0:
-            weighted = weighted * term.weight
+        if key not in thetas:
+            size = sum(params[i].numel() for i in indices)
+            parts = [params[i].detach().reshape(-1) for i in indices]
+            thetas[key] = torch.cat(parts, out=_buffer(workspace, (key, "theta"), size, params[indices[0]]))
+        theta = thetas[key]
+        if term.anchor is None:
+            diff = theta
+        else:
+            diff = torch.sub(theta, term.anchor, out=_buffer(workspace, (key, "diff"), theta.numel(), theta))
+        first = key not in sums
+        weighted = _buffer(workspace, (key, "sum"), theta.numel(), theta) if first else torch.empty_like(theta)
+        if term.importance is None:
+            torch.mul(diff, term.weight, out=weighted)
+        else:
+            torch.mul(term.importance, diff, out=weighted)
+            if term.weight != 1.0:
+                weighted.mul_(term.weight)
         value = value + torch.dot(weighted, diff)
+        if term.offset:
+            value = value + term.weight * term.offset
+        if first:
+            sums[key] = weighted
+        else:
+            sums[key].add_(weighted)
+    halves: list[torch.Tensor | None] = [None] * len(params)
+    for key, flat in sums.items():
         offset = 0
-        for i in indices:
+        for i in key:
             size = params[i].numel()
-            part = weighted[offset : offset + size].view_as(params[i])
+            part = flat[offset : offset + size].view_as(params[i])
             halves[i] = part if halves[i] is None else halves[i] + part
             offset += size
     return value, halves
@@ -104,7 +150,7 @@ class _Quadratic(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, holder: AnchoredPenalty, plan: list, *params: torch.Tensor):
-        value, halves = _evaluate(plan, params)
+        value, halves = _evaluate(plan, params, holder._workspace)
         ctx.halves = halves
         holder._last_halves = halves
         return value
@@ -129,6 +175,7 @@ class AnchoredPenalty:
         self.skipped: set[str] = set()
         self._last_halves: list[torch.Tensor | None] | None = None
         self._cache: tuple[int, int, list[str], list[nn.Parameter], list] | None = None
+        self._workspace: dict = {}  # reused flat buffers of the autograd pass (see _buffer)
         self._version = 0
 
     # -- building terms ------------------------------------------------------------------
@@ -242,6 +289,7 @@ class AnchoredPenalty:
                 plan.append((term, indices))
         params = [available[n] for n in names]
         self._cache = (key[0], key[1], names, params, plan)
+        self._workspace = {}
         return params, plan
 
     @staticmethod
@@ -253,7 +301,61 @@ class AnchoredPenalty:
             return torch.cat([views[n].reshape(-1) for n in keep]) if keep else flat[:0]
 
         shapes = tuple(s for n, s in zip(term.names, term.shapes, strict=True) if n in keep)
-        return PenaltyTerm(tuple(keep), shapes, sub(term.importance), sub(term.anchor), term.weight)
+        # a merged term's offset keeps the skipped parameters' constant share: value only, no gradient
+        return PenaltyTerm(tuple(keep), shapes, sub(term.importance), sub(term.anchor), term.weight, term.offset)
+
+    def merge_terms(self) -> None:
+        """Replace the terms over the same parameters by one term with the same value and gradient.
+
+        With ``S = sum_t w_t Omega_t``, ``b = sum_t w_t Omega_t a_t`` and ``mu = b / S``
+        (elementwise; ``mu`` = the last anchor where ``S = 0``):
+
+            sum_t w_t sum_i Omega_{t,i} (theta_i - a_{t,i})^2 = sum_i S_i (theta_i - mu_i)^2 + C,
+            C = sum_t w_t sum_i Omega_{t,i} a_{t,i}^2 - sum_i b_i^2 / S_i   (a constant)
+
+        so a penalty of K terms costs one term per step and two parameter-sized vectors, exactly
+        (the gradient ``2 S (theta - mu)`` has the rounding of a single term). Sums are taken in
+        float64. Terms without an importance or anchor, or over other parameters, are kept as they are.
+        """
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for t, term in enumerate(self.terms):
+            if term.importance is not None and term.anchor is not None:
+                groups.setdefault(term.names, []).append(t)
+        replacement: dict[int, PenaltyTerm] = {}
+        dropped: set[int] = set()
+        for members in groups.values():
+            if len(members) > 1:
+                replacement[members[0]] = self._merged([self.terms[t] for t in members])
+                dropped.update(members[1:])
+        if replacement:
+            self.terms = [replacement.get(t, term) for t, term in enumerate(self.terms) if t not in dropped]
+            self._version += 1
+
+    @staticmethod
+    def _merged(terms: list[PenaltyTerm]) -> PenaltyTerm:
+        """One term equal to the sum of ``terms`` (same names, importance and anchor set)."""
+        total = torch.zeros_like(terms[0].importance, dtype=torch.float64)
+        moment = torch.zeros_like(total)
+        constant = 0.0
+        for term in terms:
+            weighted = term.weight * term.importance.double()
+            anchor = term.anchor.double()
+            total += weighted
+            moment += weighted * anchor
+            constant += float(torch.dot(weighted, anchor.square())) + term.weight * term.offset
+        covered = total > 0
+        safe_total = torch.where(covered, total, 1.0)
+        mean = torch.where(covered, moment / safe_total, terms[-1].anchor.double())
+        constant -= float((moment.square() / safe_total)[covered].sum())
+        first = terms[0]
+        return PenaltyTerm(
+            first.names,
+            first.shapes,
+            total.to(first.importance.dtype),
+            mean.to(first.anchor.dtype),
+            1.0,
+            max(constant, 0.0),  # >= 0 in exact arithmetic: clip the rounding
+        )
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """``sum_t w_t sum_i Omega_{t,i} (theta_i - theta*_{t,i})^2`` (0 without terms)."""
@@ -301,7 +403,7 @@ class AnchoredPenalty:
         terms = {}
         for t, term in enumerate(self.terms):
             importance, anchor = self.term_dicts(t)
-            entry: dict[str, Any] = {"weight": term.weight, "names": list(term.names)}
+            entry: dict[str, Any] = {"weight": term.weight, "names": list(term.names), "offset": term.offset}
             if importance is not None:
                 entry["importance"] = {n: v.clone() for n, v in importance.items()}
             if anchor is not None:
@@ -314,6 +416,7 @@ class AnchoredPenalty:
         for t in sorted(state["terms"], key=int):
             entry = state["terms"][t]
             self.add_term(entry.get("importance"), entry.get("anchor"), entry["weight"], entry["names"])
+            self.terms[-1].offset = float(entry.get("offset", 0.0))
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

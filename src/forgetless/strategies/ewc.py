@@ -5,8 +5,12 @@ training every later task the loss gains one term per earlier task:
 
     L(theta) = L_B(theta) + sum_{t < now} (lambda / 2) * sum_i F_{t,i} (theta_i - theta*_{t,i})^2
 
-so memory and penalty cost grow linearly with the number of tasks (two parameter-sized
-vectors per task; see ``online-ewc`` for the constant-size variant). The Fisher is estimated on
+Kept literally (``merge_terms=False``), memory and penalty cost grow linearly with the number of
+tasks (two parameter-sized vectors per task). By default the terms are merged after each task
+into one exact equivalent, ``sum_i S_i (theta_i - mu_i)^2 + C`` with ``S = sum_t F_t`` and
+``mu = sum_t F_t theta*_t / S`` (:meth:`AnchoredPenalty.merge_terms`): the same loss value and
+gradient at the cost of a single term. This is still EWC, not Online EWC: every task keeps its
+own anchor's pull (``online-ewc`` keeps only the latest anchor and decays old Fishers). The Fisher is estimated on
 ``fisher_samples`` training inputs of the task, with per-sample squared gradients computed in
 batch (:mod:`forgetless.strategies._fisher`): ``sampled`` (labels drawn from the model, as in
 the paper; default), ``empirical`` (data labels) or ``exact`` (expectation over classes).
@@ -44,14 +48,22 @@ def estimate_fisher(ctx: TrainingContext, params: FisherParams) -> dict:
     return fisher_diagonal(ctx.model, x, task_id, y=y, kind=params.fisher, generator=ctx.generator)
 
 
+class EWCParams(FisherParams):
+    merge_terms: bool = Field(
+        True, description="merge the per-task terms into one exact equivalent (constant cost per step)"
+    )
+
+
 @register
 class EWC(PenaltyStrategy):
     name = "ewc"
-    summary = "elastic weight consolidation: Fisher-weighted penalty, one term per task"
-    Params = FisherParams
+    summary = "elastic weight consolidation: Fisher-weighted penalty toward every earlier task's optimum"
+    Params = EWCParams
 
     def penalty_scale(self, ctx: TrainingContext) -> float:
         return self.params.ewc_lambda / 2.0
 
     def after_task(self, ctx: TrainingContext) -> None:
         self.penalty.add_term(estimate_fisher(ctx, self.params), snapshot(ctx.model))
+        if self.params.merge_terms:
+            self.penalty.merge_terms()
