@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 from forgetless import io as fio
 from forgetless.cli import main as cli
 from forgetless.config import RunConfig, load_config_file, make_config
-from forgetless.errors import ConfigError, OutputError
+from forgetless.data.benchmarks import build_scenario
+from forgetless.errors import ConfigError, NumericalError, OutputError
+from forgetless.models import build_model
 from forgetless.strategies import STRATEGIES, discover
 from forgetless.strategies.base import Strategy
 from forgetless.training import checkpoint as ckpt
@@ -592,3 +594,20 @@ def test_fuzz_cli_never_shows_a_traceback(
     assert code in (0, 2), (code, err)
     if code == 2:
         assert one_error_line(err).startswith("error:")
+
+
+@pytest.mark.parametrize("every", [1, 5, 64])
+def test_deferred_nan_check_names_the_first_bad_step(every: int) -> None:
+    """The accelerator path (flag kept on the device, read every k steps) reports the same step.
+
+    Forced on CPU by setting ``nan_check_every``; the end-of-task check catches a NaN that falls
+    between two reads.
+    """
+    config = make_config(benchmark="split-digits", scenario="class", epochs=1, hidden=[16], tasks=5, batch_size=16)
+    scenario = build_scenario("split-digits", "class", 5, seed=0)
+    model = build_model("mlp", scenario.input_shape, scenario.head_sizes, False, [16])
+    learner = Learner(scenario, model, [_NanAtTask2()], config)
+    learner.nan_check_every = every
+    with pytest.raises(NumericalError, match=r"loss became nan at task 2, step 3 "):
+        learner.run()
+    assert len(learner.rows) == 2  # the completed tasks' rows are kept

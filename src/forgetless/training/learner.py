@@ -43,6 +43,8 @@ OnCheckpoint = Callable[[dict[str, Any]], None]
 """``on_checkpoint(state)``: persist :meth:`Learner.checkpoint_state` (the experiment does)."""
 
 _NEVER = sys.maxsize
+NAN_CHECK_EVERY = 64
+"""On an accelerator, steps between host reads of the non-finite-loss flag (see ``_watch_loss``)."""
 _process_steps = [0]
 """Optimizer steps finished by the learners of this process before the current one (test hook)."""
 
@@ -141,6 +143,10 @@ class Learner:
         self._next_event = _NEVER
         self._kill_at = _NEVER
         self._kill_signal = signal.SIGKILL
+        self.nan_check_every = 1 if self.device.type == "cpu" else NAN_CHECK_EVERY
+        """Steps between host reads of the non-finite-loss flag (1: every step, free on CPU;
+        on an accelerator each read is a synchronisation, so the flag is kept on the device)."""
+        self._first_nonfinite: torch.Tensor | None = None
         self._read_test_hooks()
 
     @property
@@ -247,6 +253,7 @@ class Learner:
                     break
             if stop:
                 break
+        self._check_finite()
         for strategy in self.strategies:
             strategy.after_task(ctx)
         self.result.train_seconds.append(time.perf_counter() - started)
@@ -292,6 +299,7 @@ class Learner:
     ) -> None:
         """A mid-task checkpoint (every ``checkpoint_every`` steps, or on Ctrl-C)."""
         ctx, every = self.ctx, self.config.checkpoint_every
+        self._check_finite()  # never checkpoint weights a non-finite step has touched
         if ctx.global_step == self._kill_at:
             self._kill_at = _NEVER
             os.kill(os.getpid(), self._kill_signal)
@@ -456,12 +464,7 @@ class Learner:
             term = strategy.loss(ctx, batch, logits)
             if term is not None:
                 loss = loss + term
-        if not torch.isfinite(loss):
-            raise NumericalError(
-                f"the loss became {loss.item()} at task {ctx.task_index}, step {ctx.step} "
-                f"({self.name}): lower the learning rate (--lr) or the strategy's weight "
-                f"(e.g. --set ewc.ewc_lambda=...); results of completed tasks were kept"
-            )
+        self._watch_loss(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if hooks["project_gradient"]:
@@ -477,6 +480,44 @@ class Learner:
         for strategy in hooks["after_step"]:
             stop = bool(strategy.after_step(ctx, batch, logits)) or stop
         return stop
+
+    def _watch_loss(self, loss: torch.Tensor) -> None:
+        """Stop at a non-finite loss; on an accelerator, without a host sync every step.
+
+        There the first bad ``(step, value)`` is recorded on the device and read every
+        ``nan_check_every`` steps and before any checkpoint or evaluation (:meth:`_check_finite`),
+        so the error still names the step where it happened.
+        """
+        step = self.ctx.step
+        if self.nan_check_every <= 1:
+            if not torch.isfinite(loss):
+                self._raise_nonfinite(step, float(loss))
+            return
+        if self._first_nonfinite is None:
+            self._first_nonfinite = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=loss.device)
+        record = self._first_nonfinite
+        fresh = ~torch.isfinite(loss) & (record[0] < 0)
+        entry = torch.stack([torch.full_like(record[0], step), loss.to(torch.float64)])
+        self._first_nonfinite = torch.where(fresh, entry, record)
+        if (step + 1) % self.nan_check_every == 0:
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Raise if a watched step had a non-finite loss (a host read of the device flag)."""
+        record = self._first_nonfinite
+        if record is None:
+            return
+        step, value = record.tolist()
+        if step >= 0:
+            self._first_nonfinite = None
+            self._raise_nonfinite(int(step), value)
+
+    def _raise_nonfinite(self, step: int, value: float) -> None:
+        raise NumericalError(
+            f"the loss became {value} at task {self.ctx.task_index}, step {step} "
+            f"({self.name}): lower the learning rate (--lr) or the strategy's weight "
+            f"(e.g. --set ewc.ewc_lambda=...); results of completed tasks were kept"
+        )
 
     def _project(self, batch: Batch) -> None:
         """Flatten the gradient, let each strategy edit it in turn, write it back."""
