@@ -109,3 +109,27 @@ def test_batched_evaluation_equals_per_sample_evaluation() -> None:
             slow.append(hits / len(task.test_y))
     assert np.allclose(batched, slow)
     assert np.allclose(learner.result.matrix[-1], slow)
+
+
+def test_reduced_precision_evaluation_agrees_with_float32_and_is_used_by_the_learner() -> None:
+    """``eval_precision=bfloat16`` (autocast) changes at most a few near-tied predictions."""
+    config = digits_config(scenario="class", tasks=5, eval_precision="bfloat16")
+    scenario = load_scenario(config, 0)
+    learner = build_learner(config, scenario, "naive", 0)
+    calls = []
+    real_autocast = torch.autocast
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("dtype"))
+        return real_autocast(*args, **kwargs)
+
+    torch.autocast = spy
+    try:
+        learner.run()
+    finally:
+        torch.autocast = real_autocast
+    assert calls and set(calls) == {torch.bfloat16}  # the learner's evaluations ran under autocast
+    exact = task_accuracies(learner.model, scenario, precision="float32")
+    reduced = task_accuracies(learner.model, scenario, precision="bfloat16")
+    assert np.array_equal(reduced, learner.result.matrix[-1])
+    assert np.abs(exact - reduced).max() <= 0.01

@@ -81,6 +81,9 @@ def run(
     stop_if_drop: Optional[float] = typer.Option(None, help="stop a task when earlier tasks drop by this"),
     eval_every: Optional[int] = typer.Option(None, help="steps between safety-brake evaluations"),
     checkpoint_every: Optional[int] = typer.Option(None, help="checkpoint every N steps"),
+    eval_precision: Optional[str] = typer.Option(
+        None, help="float32 (exact, default) | bfloat16 | float16: autocast dtype of evaluation"
+    ),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     data_dir: Optional[Path] = typer.Option(None, help="folder holding the data set files"),
@@ -124,6 +127,7 @@ def run(
         "stop_if_drop": stop_if_drop,
         "eval_every": eval_every,
         "checkpoint_every": checkpoint_every,
+        "eval_precision": eval_precision,
         "device": device,
         "threads": threads,
         "data_dir": data_dir,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -20,27 +21,41 @@ def task_accuracies(
     batch_size: int = 4096,
     predict: Predict | None = None,
     tasks: list[int] | None = None,
+    precision: str = "float32",
 ) -> np.ndarray:
     """Accuracy of ``model`` on the test set of each task in ``tasks`` (default: all).
 
     Inputs are scaled chunk by chunk from their compact form; correct counts stay on the device
     until the end (one synchronisation per call). ``predict(x, task_index)`` replaces the
-    model's forward where a strategy changes evaluation-time behaviour.
+    model's forward where a strategy changes evaluation-time behaviour. ``precision``
+    ``bfloat16``/``float16`` runs the forwards under autocast (faster, may flip near ties).
     """
     was_training = model.training
     model.eval()
     tasks = list(range(scenario.num_tasks)) if tasks is None else tasks
-    correct = []
-    for index in tasks:
-        task = scenario.tasks[index]
-        task_id = index if scenario.uses_task_id else None
-        hits = torch.zeros((), dtype=torch.int64, device=task.test_y.device)
-        for start in range(0, task.test_y.shape[0], batch_size):
-            x = scenario.to_float(task.test_x[start : start + batch_size])
-            logits = predict(x, index) if predict is not None else model(x, task_id)
-            hits += (logits.argmax(1) == task.test_y[start : start + batch_size]).sum()
-        correct.append(hits)
+    device_type = scenario.tasks[tasks[0]].test_y.device.type if tasks else "cpu"
+    autocast = (
+        torch.autocast(device_type, dtype=getattr(torch, precision))
+        if precision != "float32"
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        correct = [_task_hits(model, scenario, index, batch_size, predict) for index in tasks]
     model.train(was_training)
     counts = torch.stack(correct).cpu().numpy() if correct else np.zeros(0)
     sizes = np.array([scenario.tasks[i].test_y.shape[0] for i in tasks], dtype=np.float64)
     return counts / np.maximum(sizes, 1)
+
+
+def _task_hits(
+    model: nn.Module, scenario: Scenario, index: int, batch_size: int, predict: Predict | None
+) -> torch.Tensor:
+    """Correct predictions on task ``index``'s test set, as a device scalar."""
+    task = scenario.tasks[index]
+    task_id = index if scenario.uses_task_id else None
+    hits = torch.zeros((), dtype=torch.int64, device=task.test_y.device)
+    for start in range(0, task.test_y.shape[0], batch_size):
+        x = scenario.to_float(task.test_x[start : start + batch_size])
+        logits = predict(x, index) if predict is not None else model(x, task_id)
+        hits += (logits.argmax(1) == task.test_y[start : start + batch_size]).sum()
+    return hits

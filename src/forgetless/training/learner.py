@@ -171,7 +171,9 @@ class Learner:
                 out = strategy.predict(self.ctx, x, task_index)
                 return out if out is not None else self.model(x, self.ctx.task_id(task_index))
 
-        return task_accuracies(self.model, self.scenario, self.config.eval_batch_size, predict)
+        return task_accuracies(
+            self.model, self.scenario, self.config.eval_batch_size, predict, precision=self.config.eval_precision
+        )
 
     # -- training ------------------------------------------------------------------------
     def run(self, progress: Progress | None = None) -> RunResult:

@@ -90,7 +90,9 @@ class GradualUnfreezing(Strategy):
 
 
 def _test_accuracies(ctx: TrainingContext, tasks: list[int]) -> np.ndarray:
-    return task_accuracies(ctx.model, ctx.scenario, ctx.config.eval_batch_size, tasks=tasks)
+    return task_accuracies(
+        ctx.model, ctx.scenario, ctx.config.eval_batch_size, tasks=tasks, precision=ctx.config.eval_precision
+    )
 
 
 class SafetyBrake(Strategy):
