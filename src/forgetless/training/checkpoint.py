@@ -37,6 +37,7 @@ import torch
 
 from forgetless.errors import ForgetlessError
 from forgetless.io import atomic_folder, readable_folder, write_synced
+from forgetless.training.result import RunResult
 
 FORMAT = "forgetless-checkpoint"
 VERSION = 1
@@ -382,7 +383,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 
 # -- finished runs --------------------------------------------------------------------------
-def run_record(run: Any) -> dict[str, Any]:
+def run_record(run: RunResult) -> dict[str, Any]:
     """The exact content of a finished :class:`~forgetless.training.learner.RunResult`."""
     return {
         "strategy": run.strategy,
@@ -397,9 +398,7 @@ def run_record(run: Any) -> dict[str, Any]:
     }
 
 
-def run_from_record(record: dict[str, Any]) -> Any:
-    from forgetless.training.learner import RunResult
-
+def run_from_record(record: dict[str, Any]) -> RunResult:
     return RunResult(
         strategy=record["strategy"],
         seed=int(record["seed"]),
@@ -413,10 +412,8 @@ def run_from_record(record: dict[str, Any]) -> Any:
     )
 
 
-def runs_from_metrics(run_dir: Path) -> list[Any]:
+def runs_from_metrics(run_dir: Path) -> list[RunResult]:
     """Finished runs recorded in ``metrics.json`` (values rounded to 6 decimals there)."""
-    from forgetless.training.learner import RunResult
-
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         return []

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from forgetless.strategies.base import Batch, Strategy, TrainingContext, Trainin
 from forgetless.training import checkpoint as ckpt
 from forgetless.training.evaluation import task_accuracies
 from forgetless.training.optim import build_optimizer, build_scheduler
+from forgetless.training.result import RunResult
 
 Progress = Callable[[int, int, int], None]
 """``progress(task_index, step, steps_in_task)``, called after every optimizer step."""
@@ -73,28 +74,6 @@ _HOOKS = (
     "after_step",
     "predict",
 )
-
-
-@dataclass
-class RunResult:
-    """What one run (one strategy combination, one seed) produced."""
-
-    strategy: str
-    seed: int
-    matrix: np.ndarray
-    """``R[i, j]``: accuracy on task ``j`` after training task ``i``."""
-    baseline: np.ndarray
-    """Accuracy on each task of the randomly initialised model (for forward transfer)."""
-    train_seconds: list[float] = field(default_factory=list)
-    eval_seconds: float = 0.0
-    steps: list[int] = field(default_factory=list)
-    report: dict[str, Any] = field(default_factory=dict)
-    stopped_early: dict[int, int] = field(default_factory=dict)
-    """Task index -> step at which a strategy asked the learner to stop that task."""
-
-    @property
-    def wall_seconds(self) -> float:
-        return float(sum(self.train_seconds) + self.eval_seconds)
 
 
 class Learner:
