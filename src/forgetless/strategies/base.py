@@ -25,6 +25,7 @@ Hooks a strategy does not override cost nothing: the learner only calls overridd
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -102,6 +103,9 @@ class TrainingContext:
     current_size: int = 0
     """Rows of the current batch that come from the current task (replay rows follow them)."""
     extras: dict[str, Any] = field(default_factory=dict)
+    accuracies: Callable[[list[int] | None], Any] | None = None
+    """Set by the learner: test accuracy of the current model on the given tasks (``None``:
+    all), evaluated exactly as the accuracy matrix is (``predict`` hooks, precision)."""
 
     @property
     def task(self) -> Task:

@@ -106,6 +106,7 @@ class Learner:
             device=self.device,
             generator=self.generator,
         )
+        self.ctx.accuracies = self.evaluate
         for strategy in strategies:
             replacement = strategy.setup(self.ctx)
             if replacement is not None:
@@ -140,8 +141,11 @@ class Learner:
             if isinstance(module, IncrementalHead):
                 module.set_active_outputs(count)
 
-    def evaluate(self) -> np.ndarray:
-        """Accuracy on every task's evaluation set (seen and unseen), as one matrix row."""
+    def evaluate(self, tasks: list[int] | None = None) -> np.ndarray:
+        """Accuracy on every task's evaluation set (seen and unseen), as one matrix row.
+
+        ``tasks`` restricts it to some tasks (the safety brake's checks, via ``ctx.accuracies``).
+        """
         predict = None
         if self.hooks["predict"]:
             strategy = self.hooks["predict"][0]
@@ -151,7 +155,12 @@ class Learner:
                 return out if out is not None else self.model(x, self.ctx.task_id(task_index))
 
         return task_accuracies(
-            self.model, self.scenario, self.config.eval_batch_size, predict, precision=self.config.eval_precision
+            self.model,
+            self.scenario,
+            self.config.eval_batch_size,
+            predict,
+            tasks=tasks,
+            precision=self.config.eval_precision,
         )
 
     # -- training ------------------------------------------------------------------------

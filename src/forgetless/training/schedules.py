@@ -90,6 +90,9 @@ class GradualUnfreezing(Strategy):
 
 
 def _test_accuracies(ctx: TrainingContext, tasks: list[int]) -> np.ndarray:
+    """As the accuracy matrix is evaluated (the learner's ``predict`` hooks and precision)."""
+    if ctx.accuracies is not None:
+        return ctx.accuracies(tasks)
     return task_accuracies(
         ctx.model, ctx.scenario, ctx.config.eval_batch_size, tasks=tasks, precision=ctx.config.eval_precision
     )
