@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from forgetless.config import make_config
-from forgetless.data.scenarios import Scenario, Task
+from forgetless.data.scenarios import Scenario
 from forgetless.models import build_model
 from forgetless.strategies._fisher import fisher_diagonal, mas_importance
 from forgetless.training.experiment import build_learner, load_scenario, resolve
@@ -35,24 +35,6 @@ from forgetless.training.experiment import build_learner, load_scenario, resolve
 STRATEGIES = ("naive", "ewc", "online-ewc", "si", "mas", "l2sp", "lwf")
 STEP_TARGET = 1.3
 FISHER_TARGET = 10.0
-
-
-def subsample(scenario: Scenario, per_task: int, seed: int = 0) -> Scenario:
-    """The same stream with ``per_task`` training images per task (test sets untouched)."""
-    generator = torch.Generator().manual_seed(seed)
-    tasks = []
-    for t in scenario.tasks:
-        keep = torch.randperm(t.num_train, generator=generator)[:per_task]
-        tasks.append(Task(t.index, t.train_x[keep], t.train_y[keep], t.test_x, t.test_y, t.classes))
-    return Scenario(
-        scenario.kind,
-        scenario.name,
-        tasks,
-        scenario.input_shape,
-        scenario.max_value,
-        scenario.head_sizes,
-        scenario.active_outputs,
-    )
 
 
 def median(values: list[float]) -> float:
@@ -108,7 +90,7 @@ def step_seconds(scenario: Scenario, config: Any, name: str, timed_task: int) ->
 
 def bench_steps(scenario_kind: str, per_task: int, repeats: int) -> dict[str, Any]:
     config = resolve(make_config(benchmark="split-fmnist", scenario=scenario_kind, epochs=1, strategies=["naive"]))
-    scenario = subsample(load_scenario(config, 0), per_task)
+    scenario = load_scenario(config, 0).subsample(train=per_task)
     times: dict[str, list[float]] = {name: [] for name in STRATEGIES}
     for name in STRATEGIES:  # warm-up
         step_seconds(scenario, config, name, 1)
@@ -130,7 +112,7 @@ def bench_steps(scenario_kind: str, per_task: int, repeats: int) -> dict[str, An
 
 def bench_memory(per_task: int) -> dict[str, Any]:
     config = resolve(make_config(benchmark="split-fmnist", scenario="class", epochs=1, strategies=["naive"]))
-    scenario = subsample(load_scenario(config, 0), per_task)
+    scenario = load_scenario(config, 0).subsample(train=per_task)
     out: dict[str, Any] = {}
     for name in ("ewc", "online-ewc", "si", "mas", "l2sp"):
         learner = build_learner(config, scenario, name, seed=0)

@@ -22,30 +22,12 @@ from pathlib import Path
 import torch
 
 from forgetless.config import make_config
-from forgetless.data.scenarios import Scenario, Task
+from forgetless.data.scenarios import Scenario
 from forgetless.strategies._buffer import MemoryBuffer
 from forgetless.training.experiment import build_learner, load_scenario, resolve
 
 STRATEGIES = ("naive", "er", "der", "derpp", "agem", "gem")
 TARGETS = {"er": 2.0, "agem": 2.5}
-
-
-def subsample(scenario: Scenario, per_task: int, seed: int = 0) -> Scenario:
-    """The same stream with ``per_task`` training images per task (test sets untouched)."""
-    generator = torch.Generator().manual_seed(seed)
-    tasks = []
-    for t in scenario.tasks:
-        keep = torch.randperm(t.num_train, generator=generator)[:per_task]
-        tasks.append(Task(t.index, t.train_x[keep], t.train_y[keep], t.test_x, t.test_y, t.classes))
-    return Scenario(
-        scenario.kind,
-        scenario.name,
-        tasks,
-        scenario.input_shape,
-        scenario.max_value,
-        scenario.head_sizes,
-        scenario.active_outputs,
-    )
 
 
 def step_times(scenario: Scenario, config, strategy: str, tasks: int, seed: int) -> list[float]:
@@ -129,7 +111,7 @@ def main() -> None:
             buffer_size=args.buffer_size,
         )
     )
-    scenario = subsample(load_scenario(config, 0), args.per_task)
+    scenario = load_scenario(config, 0).subsample(train=args.per_task)
     tasks = scenario.num_tasks
 
     per_strategy: dict[str, list[list[float]]] = {s: [] for s in STRATEGIES}

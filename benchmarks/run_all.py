@@ -36,7 +36,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ from common import (
     stopwatch,
 )
 from forgetless.config import RunConfig
-from forgetless.data.scenarios import Scenario, Task
+from forgetless.data.scenarios import Scenario
 from forgetless.metrics import summarize
 from forgetless.models import build_model
 from forgetless.strategies import discover, make_strategies
@@ -119,25 +118,6 @@ def _error_text(error: BaseException) -> str:
 def _scenario_kind(strategy_cls: type) -> str:
     """Class-IL where the strategy supports it, else task-IL (methods that need task ids)."""
     return "class" if "class" in strategy_cls.scenarios else "task"
-
-
-def subsample(scenario: Scenario, n_tasks: int, n_train: int | None, n_test: int | None) -> Scenario:
-    """The first ``n_tasks`` tasks, each cut to its first ``n_train`` / ``n_test`` rows."""
-    tasks = [
-        Task(
-            t.index,
-            t.train_x[:n_train],
-            t.train_y[:n_train],
-            t.test_x[:n_test],
-            t.test_y[:n_test],
-            t.classes,
-            t.description,
-        )
-        for t in scenario.tasks[:n_tasks]
-    ]
-    active = scenario.active_outputs[:n_tasks]
-    heads = scenario.head_sizes[:n_tasks] if scenario.uses_task_id else scenario.head_sizes
-    return replace(scenario, tasks=tasks, active_outputs=active, head_sizes=heads)
 
 
 def cpu_name() -> str:
@@ -440,7 +420,7 @@ def bench_eval(args: argparse.Namespace, cache: ScenarioCache) -> dict[str, Any]
         scenario.uses_task_id,
         config.hidden,
     )
-    Learner(subsample(scenario, 1, None, None), model, make_strategies("naive"), config).train_task(0)
+    Learner(scenario.subsample(tasks=1), model, make_strategies("naive"), config).train_task(0)
     rows = scenario.num_tasks
     out: dict[str, Any] = {
         "benchmark": args.eval_benchmark,
@@ -523,10 +503,10 @@ def bench_scaling(args: argparse.Namespace, cache: ScenarioCache) -> dict[str, A
     strategies = [s for s in args.scaling_strategies if s in registry]
     rows: list[dict[str, Any]] = []
     if strategies:
-        library_run(subsample(full, 1, 256, 256), config, strategies[0], 0)  # warm-up
+        library_run(full.subsample(256, 256, tasks=1), config, strategies[0], 0)  # warm-up
     too_slow: dict[str, str] = {}
     for n_tasks in args.scaling_tasks:
-        scenario = subsample(full, n_tasks, args.scaling_train, args.scaling_test)
+        scenario = full.subsample(args.scaling_train, args.scaling_test, tasks=n_tasks)
         for name in strategies:
             if name in too_slow:
                 rows.append({"strategy": name, "tasks": n_tasks, "status": too_slow[name]})

@@ -13,7 +13,6 @@ import torch
 from conftest import requires_fmnist
 from forgetless.config import make_config
 from forgetless.data.benchmarks import build_scenario
-from forgetless.data.scenarios import Scenario
 from forgetless.metrics import summarize
 from forgetless.models import build_model
 from forgetless.strategies import make_strategies
@@ -26,20 +25,9 @@ HIDDEN = {"domain": [400, 400], "task": [200, 200], "class": [200, 200]}
 TEST_PER_TASK = 1000
 
 
-def subsample(scenario: Scenario, train: int, test: int, seed: int) -> Scenario:
-    """Keep a seeded random ``train``/``test`` rows of every task (real data, fewer rows)."""
-    generator = torch.Generator().manual_seed(seed)
-    for task in scenario.tasks:
-        keep = torch.randperm(task.num_train, generator=generator)[:train]
-        task.train_x, task.train_y = task.train_x[keep], task.train_y[keep]
-        keep = torch.randperm(task.test_y.shape[0], generator=generator)[:test]
-        task.test_x, task.test_y = task.test_x[keep], task.test_y[keep]
-    return scenario
-
-
 def run(benchmark: str, kind: str, combinations: list[str], seed: int = 0) -> dict[str, dict]:
     scenario = build_scenario(benchmark, kind, 5, seed=seed)
-    scenario = subsample(scenario, TRAIN_PER_TASK[kind], TEST_PER_TASK, seed)
+    scenario = scenario.subsample(TRAIN_PER_TASK[kind], TEST_PER_TASK, seed=seed)
     config = make_config(benchmark=benchmark, scenario=kind, epochs=1, hidden=HIDDEN[kind])
     out = {}
     for combination in combinations:

@@ -10,11 +10,10 @@ from __future__ import annotations
 from functools import lru_cache
 
 import pytest
-import torch
 
 from conftest import requires_fmnist
 from forgetless.config import make_config
-from forgetless.data.scenarios import Scenario, Task
+from forgetless.data.scenarios import Scenario
 from forgetless.strategies import discover
 from forgetless.training.experiment import build_learner, load_scenario, resolve
 
@@ -27,30 +26,7 @@ def _scenario(benchmark: str, kind: str, per_task: int | None, seed: int) -> Sce
     scenario = load_scenario(config, seed)
     if per_task is None:
         return scenario
-    generator = torch.Generator().manual_seed(seed)
-    tasks = []
-    for task in scenario.tasks:
-        keep = torch.randperm(task.num_train, generator=generator)[:per_task]
-        tasks.append(
-            Task(
-                task.index,
-                task.train_x[keep],
-                task.train_y[keep],
-                task.test_x,
-                task.test_y,
-                task.classes,
-                task.description,
-            )
-        )
-    return Scenario(
-        scenario.kind,
-        scenario.name,
-        tasks,
-        scenario.input_shape,
-        scenario.max_value,
-        scenario.head_sizes,
-        scenario.active_outputs,
-    )
+    return scenario.subsample(train=per_task, seed=seed)
 
 
 def final_accuracy(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from forgetless.data.benchmarks import build_scenario
 from forgetless.data.dataset import ImageDataset
 from forgetless.data.scenarios import (
     class_order,
@@ -176,3 +177,23 @@ def test_bring_your_own_tasks_trains_with_the_learner() -> None:
     with pytest.raises(ConfigError, match="one integer label per input"):
         x, y, tx, ty = task(0)
         from_task_data("task", [(x, y[:3], tx, ty)])
+
+
+def test_subsample_draws_seeded_rows_cuts_tasks_and_leaves_the_original() -> None:
+    scenario = build_scenario("split-digits", "task", 5, seed=0)
+    sizes = [(t.num_train, int(t.test_y.shape[0])) for t in scenario.tasks]
+    small = scenario.subsample(train=20, test=10, tasks=3, seed=1)
+    assert small.num_tasks == 3 and small.head_sizes == scenario.head_sizes[:3]
+    assert [(t.num_train, int(t.test_y.shape[0])) for t in small.tasks] == [(20, 10)] * 3
+    assert [(t.num_train, int(t.test_y.shape[0])) for t in scenario.tasks] == sizes  # untouched
+    again = scenario.subsample(train=20, test=10, tasks=3, seed=1)
+    other = scenario.subsample(train=20, test=10, tasks=3, seed=2)
+    assert all(torch.equal(a.train_x, b.train_x) for a, b in zip(small.tasks, again.tasks))
+    assert not all(torch.equal(a.train_x, b.train_x) for a, b in zip(small.tasks, other.tasks))
+    for part, whole in zip(small.tasks, scenario.tasks):  # rows are real rows, labels kept with them
+        rows = {(bytes(x.numpy()), int(y)) for x, y in zip(whole.train_x, whole.train_y)}
+        assert all((bytes(x.numpy()), int(y)) in rows for x, y in zip(part.train_x, part.train_y))
+    everything = scenario.subsample()
+    assert all(torch.equal(a.test_x, b.test_x) for a, b in zip(everything.tasks, scenario.tasks))
+    class_il = build_scenario("split-digits", "class", 5, seed=0).subsample(tasks=2)
+    assert class_il.active_outputs == [2, 4] and len(class_il.head_sizes) == 1

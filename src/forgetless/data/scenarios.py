@@ -18,7 +18,7 @@ training loop only slices and scales them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -78,6 +78,32 @@ class Scenario:
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """Scale compact inputs to floats in ``[0, 1]`` (done batch by batch in the hot loop)."""
         return x.to(torch.float32).div_(self.max_value)
+
+    def subsample(
+        self, train: int | None = None, test: int | None = None, tasks: int | None = None, seed: int = 0
+    ) -> Scenario:
+        """A smaller copy: the first ``tasks`` tasks, each with ``train`` / ``test`` rows drawn at
+        random (seeded; ``None`` keeps them all). For quick experiments, tests and benchmarks on
+        real data; the original scenario is left untouched.
+
+        Per task the training rows are drawn first, then the test rows, from one generator.
+        """
+        generator = torch.Generator().manual_seed(seed)
+
+        def pick(x: torch.Tensor, y: torch.Tensor, count: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+            if count is None:
+                return x, y
+            keep = torch.randperm(y.shape[0], generator=generator)[:count].to(y.device)
+            return x[keep], y[keep]
+
+        kept = []
+        for task in self.tasks[:tasks]:
+            train_x, train_y = pick(task.train_x, task.train_y, train)
+            test_x, test_y = pick(task.test_x, task.test_y, test)
+            kept.append(replace(task, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y))
+        n = len(kept)
+        heads = self.head_sizes[:n] if self.uses_task_id else list(self.head_sizes)
+        return replace(self, tasks=kept, head_sizes=heads, active_outputs=self.active_outputs[:n])
 
     def to(self, device: torch.device | str) -> Scenario:
         """Move every task's tensors to ``device`` (compact dtype kept)."""
