@@ -58,7 +58,7 @@ from common import (
     resolved_config,
     stopwatch,
 )
-from forgetless.config import RunConfig
+from forgetless.config import RunConfig, parse_assignments
 from forgetless.data.scenarios import Scenario
 from forgetless.metrics import summarize
 from forgetless.models import build_model
@@ -107,7 +107,8 @@ TARGETS: dict[str, tuple[str, float]] = {
 
 FISHER_TARGET = 10.0
 EVAL_TARGET_SECONDS = 5.0
-SCALING_STRATEGIES = ("naive", "ewc", "online-ewc", "gem")
+SCALING_STRATEGIES = ("naive", "ewc", "ewc:merge_terms=false", "online-ewc", "gem")
+"""``name:param=value`` is a variant with that strategy parameter set (here: EWC with one term per task)."""
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -495,31 +496,44 @@ def bench_llm(args: argparse.Namespace, cache: ScenarioCache) -> dict[str, Any]:
 
 
 # -- section: scaling ---------------------------------------------------------------------------
+def _variant(label: str, config: RunConfig) -> tuple[str, RunConfig]:
+    """``"ewc:merge_terms=false"`` -> ``("ewc", config with params.ewc.merge_terms = False)``."""
+    name, _, assignment = label.partition(":")
+    if not assignment:
+        return name, config
+    extra = parse_assignments([f"{name}.{assignment}"])
+    params = {**config.params, name: {**config.params.get(name, {}), **extra[name]}}
+    return name, config.model_copy(update={"params": params})
+
+
 def bench_scaling(args: argparse.Namespace, cache: ScenarioCache) -> dict[str, Any]:
     """Wall time vs number of tasks, training and evaluation apart, per strategy."""
     registry = discover()
     largest = max(args.scaling_tasks)
     config, full = cache.get(args.scaling_benchmark, None, largest)
-    strategies = [s for s in args.scaling_strategies if s in registry]
+    variants = {label: _variant(label, config) for label in args.scaling_strategies}
+    strategies = [label for label, (name, _) in variants.items() if name in registry]
     rows: list[dict[str, Any]] = []
     if strategies:
-        library_run(full.subsample(256, 256, tasks=1), config, strategies[0], 0)  # warm-up
+        name, variant_config = variants[strategies[0]]
+        library_run(full.subsample(256, 256, tasks=1), variant_config, name, 0)  # warm-up
     too_slow: dict[str, str] = {}
     for n_tasks in args.scaling_tasks:
         scenario = full.subsample(args.scaling_train, args.scaling_test, tasks=n_tasks)
-        for name in strategies:
-            if name in too_slow:
-                rows.append({"strategy": name, "tasks": n_tasks, "status": too_slow[name]})
+        for label in strategies:
+            name, variant_config = variants[label]
+            if label in too_slow:
+                rows.append({"strategy": label, "tasks": n_tasks, "status": too_slow[label]})
                 continue
             try:
-                seconds, learner = library_run(scenario, config, name, 0)
+                seconds, learner = library_run(scenario, variant_config, name, 0)
             except Exception as error:
-                rows.append({"strategy": name, "tasks": n_tasks, "status": _error_text(error)})
+                rows.append({"strategy": label, "tasks": n_tasks, "status": _error_text(error)})
                 continue
             per_task = learner.result.train_seconds
             rows.append(
                 {
-                    "strategy": name,
+                    "strategy": label,
                     "tasks": n_tasks,
                     "status": "ok",
                     "seconds": seconds,
@@ -531,13 +545,13 @@ def bench_scaling(args: argparse.Namespace, cache: ScenarioCache) -> dict[str, A
                     "acc": summarize(learner.result.matrix)["acc"],
                 }
             )
-            print(f"  {name} x {n_tasks} tasks: {seconds:.2f} s", flush=True)
+            print(f"  {label} x {n_tasks} tasks: {seconds:.2f} s", flush=True)
             if seconds > args.scaling_max_seconds:
-                too_slow[name] = (
+                too_slow[label] = (
                     f"skipped: its {n_tasks}-task run took {seconds:.0f} s "
                     f"(> --scaling-max-seconds {args.scaling_max_seconds:g})"
                 )
-    missing = [s for s in args.scaling_strategies if s not in registry]
+    missing = [label for label, (name, _) in variants.items() if name not in registry]
     return {
         "benchmark": args.scaling_benchmark,
         "scenario": full.kind,

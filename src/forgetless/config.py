@@ -120,3 +120,19 @@ def load_config_file(path: Path) -> dict[str, Any]:
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML (paths as strings), loadable by :func:`load_config_file`."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["ewc.ewc_lambda=100", "er.batch=32"]`` -> ``{"ewc": {"ewc_lambda": 100}, ...}``."""
+    params: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        strategy, dot, field = key.strip().partition(".")
+        if not sep or not dot or not strategy or not field:
+            raise ConfigError(f"--set {item!r} must look like STRATEGY.PARAM=VALUE, e.g. ewc.ewc_lambda=100")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        params.setdefault(strategy, {})[field] = parsed
+    return params

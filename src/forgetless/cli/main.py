@@ -30,24 +30,6 @@ _RUN_DIR: list[Path | None] = [None]
 """The run folder of the current ``forgetless run`` (for the resume hint after Ctrl-C)."""
 
 
-def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``["ewc.ewc_lambda=100", "er.batch=32"]`` -> ``{"ewc": {"ewc_lambda": 100}, ...}``."""
-    import yaml
-
-    params: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        strategy, dot, field = key.strip().partition(".")
-        if not sep or not dot or not strategy or not field:
-            raise ConfigError(f"--set {item!r} must look like STRATEGY.PARAM=VALUE, e.g. ewc.ewc_lambda=100")
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed = value
-        params.setdefault(strategy, {})[field] = parsed
-    return params
-
-
 def _split_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -102,7 +84,7 @@ def run(
     Exit codes: 0 done, 1 internal error, 2 bad input / data / output / NaN loss,
     130 interrupted (a checkpoint was saved: continue with --resume).
     """
-    from forgetless.config import load_config_file, make_config
+    from forgetless.config import load_config_file, make_config, parse_assignments
 
     values: dict[str, Any] = load_config_file(config) if config else {}
     flags = {
