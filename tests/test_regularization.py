@@ -555,3 +555,21 @@ def test_composition_ewc_plus_lwf_trains_both(monkeypatch):
         monkeypatch.setattr(strategy, "loss", counted)
     Learner(scenario, model, strategies, config).run()
     assert calls["ewc"] > 0 and calls["lwf"] > 0
+
+
+def test_penalty_of_a_bfloat16_model_is_computed_in_float32():
+    """Reduced-precision models: the penalty's value is float32-accurate, gradients keep the model's dtype."""
+    model = small_model(False).to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    fisher = {n: torch.rand(p.shape, generator=generator) for n, p in model.named_parameters()}
+    penalty = AnchoredPenalty()
+    penalty.add_term(fisher, snapshot(model))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    value = penalty.penalty(model)
+    value.backward()
+    anchor = {n: a.float() for n, a in penalty.term_dicts(0)[1].items()}
+    exact = sum((fisher[n] * (p.detach().float() - anchor[n]).square()).sum() for n, p in model.named_parameters())
+    assert value.dtype == torch.float32 and torch.allclose(value.detach(), exact, rtol=1e-5)
+    assert all(p.grad.dtype == torch.bfloat16 for p in model.parameters())

@@ -82,18 +82,19 @@ class PenaltyTerm:
 
 
 def _buffer(workspace: dict | None, key: tuple, size: int, like: torch.Tensor) -> torch.Tensor:
-    """A flat scratch vector of ``size`` entries (dtype and device of ``like``), reused across
-    steps when a workspace is given.
+    """A flat scratch vector of ``size`` entries (device of ``like``, at least float32), reused
+    across steps when a workspace is given.
 
     Reuse matters on CPU: a fresh parameter-sized allocation every step is returned to the OS
     and page-faulted back in (hundreds of faults per step, measured), which cost more than the
     arithmetic of the penalty itself.
     """
+    dtype = torch.promote_types(like.dtype, torch.float32)  # bf16/fp16 models: the penalty in float32
     if workspace is None:
-        return like.new_empty(size)
+        return like.new_empty(size, dtype=dtype)
     found = workspace.get(key)
-    if found is None or found.numel() != size or found.dtype != like.dtype or found.device != like.device:
-        found = workspace[key] = like.new_empty(size)
+    if found is None or found.numel() != size or found.dtype != dtype or found.device != like.device:
+        found = workspace[key] = like.new_empty(size, dtype=dtype)
     return found
 
 
@@ -105,7 +106,7 @@ def _evaluate(
     With a ``workspace`` the flat vectors live in reused buffers: the returned half-gradients
     are views into them, valid until the next call with the same workspace.
     """
-    value = params[0].new_zeros(())
+    value = params[0].new_zeros((), dtype=torch.promote_types(params[0].dtype, torch.float32))
     thetas: dict[tuple[int, ...], torch.Tensor] = {}  # terms over the same names share one copy
     sums: dict[tuple[int, ...], torch.Tensor] = {}  # half-gradient of each parameter set
     for term, indices in plan:
