@@ -28,6 +28,8 @@ def test_run_writes_results_folder(tmp_path: Path) -> None:
     done = forgetless("run", "--out", str(out), "--quiet", "--threads", "1", "--epochs", "5")
     assert done.returncode == 0, done.stderr
     assert "naive" in done.stdout and "joint" in done.stdout and "BWT" in done.stdout
+    joint_row = next(line.split() for line in done.stdout.splitlines() if line.strip().startswith("joint "))
+    assert joint_row[3] == "–"  # joint's FWT: it saw every task at the first, so no forward transfer is shown
     for name in (
         "config.yaml",
         "metrics.json",

@@ -25,12 +25,15 @@ def summary_table(result: ExperimentResult) -> Table:
     for _, label in columns:
         table.add_column(label, justify="right", no_wrap=True)
     table.add_column("wall s", justify="right", no_wrap=True)
-    table.caption = "mean±std over seeds; ↑ higher is better, ↓ lower is better" if seeds > 1 else None
+    notes = ["mean±std over seeds; ↑ higher is better, ↓ lower is better"] if seeds > 1 else []
+    if "joint" in summary:
+        notes.append("joint: the upper bound, every task's data at the first task (FWT not meaningful)")
+    table.caption = "\n".join(notes) or None
     for name, metrics in summary.items():
         cells = []
         for key, _ in columns:
             value = metrics.get(key)
-            if value is None:
+            if value is None or (name == "joint" and key == "fwt"):
                 cells.append("–")
             elif seeds > 1:
                 cells.append(f"{value['mean']:.3f}±{value['std']:.2f}")
