@@ -369,3 +369,81 @@ def test_bad_inputs_raise_one_line_errors(tiny_lm_dir: Path, tmp_path: Path, mon
 
     with pytest.raises(ValidationError, match="replay_ratio"):
         small_run(tiny_lm_dir, replay_ratio=-0.1)
+
+
+# -- multiple choice (benchmark-style scoring) -------------------------------------------------
+def _reference_choice_scores(model, tokenizer, items, seq_len: int, normalize: bool) -> list[list[float]]:
+    """One unpadded sequence at a time: sum of log p(choice token | everything before it)."""
+    scores = []
+    with torch.no_grad():
+        for item in items:
+            context = tokenizer(item.context, add_special_tokens=False)["input_ids"]
+            row = []
+            for choice in item.choices:
+                ending = tokenizer(choice, add_special_tokens=False)["input_ids"]
+                ids = (context + ending)[-seq_len:]
+                log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+                total = sum(float(log_probs[t - 1, ids[t]]) for t in range(len(ids) - len(ending), len(ids)))
+                row.append(total / len(choice) if normalize else total)
+            scores.append(row)
+    return scores
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_multiple_choice_scores_equal_the_log_likelihood_by_hand(tiny_lm_dir: Path, normalize: bool) -> None:
+    from forgetless.integrations.hf import ChoiceItem, MultipleChoice
+
+    model = GPT2LMHeadModel.from_pretrained(tiny_lm_dir).eval()
+    tokenizer = byte_tokenizer()
+    items = [
+        ChoiceItem("The cat sat on the", [" mat.", " roof of the old house.", " x"], 0),
+        ChoiceItem("def f(x):\n    return", [" x + 1", " x"], 1),
+        ChoiceItem("A" * 80 + " long context cut from the left", [" yes", " no, not at all"], 1),  # > seq_len
+    ]
+    capability = MultipleChoice("mc", tokenizer, items, seq_len=48, normalize=normalize, batch_size=4)
+    scores = capability.choice_scores(model)
+    expected = _reference_choice_scores(model, tokenizer, items, 48, normalize)
+    flat = [s for row in expected for s in row]
+    assert torch.allclose(scores, torch.tensor(flat, dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    chosen = [max(range(len(row)), key=row.__getitem__) for row in expected]
+    assert capability.predictions(model).tolist() == chosen
+    hits = sum(c == item.answer for c, item in zip(chosen, items, strict=True))
+    assert capability.evaluate(model) == pytest.approx(hits / len(items))
+
+
+def test_choice_items_from_jsonl_and_one_line_errors(tmp_path: Path) -> None:
+    from forgetless.integrations.hf import load_choices
+
+    good = tmp_path / "mc.jsonl"
+    good.write_text(
+        '{"question": "2+2=", "choices": ["3", "4"], "answer": 1}\n'
+        '{"ctx": "Sky is", "endings": [" blue", " green"], "label": " blue"}\n'
+    )
+    items = load_choices(good)
+    assert [(i.context, i.answer) for i in items] == [("2+2=", 1), ("Sky is", 0)]
+    cases = {
+        '{"choices": ["a", "b"], "answer": 0}': "no context",
+        '{"context": "x", "choices": ["a"], "answer": 0}': "at least two",
+        '{"context": "x", "choices": ["a", "b"], "answer": 2}': "out of range",
+        '{"context": "x", "choices": ["a", "b"], "answer": "c"}': "not one of the choices",
+        "[1, 2]": "expected an object",
+        "{oops": "not JSON",
+    }
+    for line, message in cases.items():
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(line + "\n")
+        with pytest.raises(DataError, match=message) as error:
+            load_choices(bad)
+        assert "\n" not in str(error.value) and "bad.jsonl:1" in str(error.value)
+    with pytest.raises(DataError, match="kjv-cloze"):
+        load_choices("builtin:kjv-clozee")
+
+
+def test_finetune_keeps_a_choice_capability(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    items = tmp_path / "mc.jsonl"
+    line = '{{"context": "plain English {}", "choices": [" prose", " code"], "answer": 0}}\n'
+    items.write_text("".join(line.format(i) for i in range(6)))
+    keep = [f"choice:{items}", f"perplexity:{tiny_lm_dir.parent / 'prose.txt'}"]
+    summary = run_finetune(small_run(tiny_lm_dir, keep=keep))
+    choice = summary["capabilities"][f"choice:{items}"]
+    assert 0.0 <= choice["before"] <= 1.0 and choice["drop"] == pytest.approx(choice["before"] - choice["after"])

@@ -10,12 +10,13 @@ from forgetless.integrations.hf.capabilities import (
     Capability,
     HeadAccuracy,
     KnnProbe,
+    MultipleChoice,
     Perplexity,
     build_capability,
     encode_texts,
     lm_blocks,
 )
-from forgetless.integrations.hf.data import TextData, load_texts
+from forgetless.integrations.hf.data import ChoiceItem, TextData, load_choices, load_texts
 from forgetless.integrations.hf.finetune import FinetuneConfig, run_finetune
 from forgetless.integrations.hf.mixing import (
     MixedDataset,
@@ -35,6 +36,7 @@ from forgetless.integrations.hf.trainer import ForgetlessTrainer, ForgettingTrai
 __all__ = [
     "Capability",
     "CapabilityTracker",
+    "ChoiceItem",
     "FinetuneConfig",
     "ForgetlessTrainer",
     "ForgettingCallback",
@@ -44,6 +46,7 @@ __all__ = [
     "KnnProbe",
     "MixedDataset",
     "MixingBatchSampler",
+    "MultipleChoice",
     "Perplexity",
     "RowsDataset",
     "SplitCollator",
@@ -56,6 +59,7 @@ __all__ = [
     "layerwise_adamw",
     "layerwise_param_groups",
     "lm_blocks",
+    "load_choices",
     "load_texts",
     "run_finetune",
 ]

@@ -8,6 +8,11 @@ Python itself, so demos and tests run without a dataset host:
 - ``builtin:kjv``        the King James Bible (Debian ``bible-kjv``, ``bible`` command);
 - ``builtin:python-prose`` the help topics of Python's documentation (``pydoc_data.topics``);
 - ``builtin:python-code``  the source of Python's standard library.
+
+Multiple-choice items (:func:`load_choices`, for the ``choice`` capability) come from JSONL files
+(``{"context": ..., "choices": [...], "answer": 0}``, the shape of HellaSwag, ARC, PIQA, ...) or
+``builtin:kjv-cloze``: verse endings of the held-out half of the King James Bible, the true one
+among three endings of other verses.
 """
 
 from __future__ import annotations
@@ -250,3 +255,99 @@ def load_texts(
 def python_version_tag() -> str:
     """Short tag of the running Python (the stdlib sources depend on it)."""
     return f"py{sys.version_info.major}{sys.version_info.minor}"
+
+
+# -- multiple-choice items ----------------------------------------------------------------------
+CONTEXT_KEYS = ("context", "question", "query", "prompt", "ctx")
+CHOICE_KEYS = ("choices", "endings", "options")
+ANSWER_KEYS = ("answer", "label", "gold")
+
+
+@dataclass
+class ChoiceItem:
+    """A context, its candidate continuations and the index of the right one."""
+
+    context: str
+    choices: list[str]
+    answer: int
+
+
+def _choice_item(row: object, where: str) -> ChoiceItem:
+    if not isinstance(row, dict):
+        raise DataError(f'{where}: expected an object like {{"context": ..., "choices": [...], "answer": 0}}')
+    found = {group[0]: next((k for k in group if k in row), None) for group in (CONTEXT_KEYS, CHOICE_KEYS, ANSWER_KEYS)}
+    missing = [name for name, key in found.items() if key is None]
+    if missing:
+        raise DataError(f"{where}: no {' / '.join(missing)} field (found {', '.join(map(str, row)) or 'none'})")
+    context, choices, answer = row[found["context"]], row[found["choices"]], row[found["answer"]]
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        raise DataError(f"{where}: choices must be a list of at least two strings")
+    if isinstance(answer, str) and not answer.lstrip("-").isdigit():
+        if answer not in choices:
+            raise DataError(f"{where}: answer {answer!r} is not one of the choices")
+        answer = choices.index(answer)
+    try:
+        index = int(answer)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: answer must be a choice index or the answer text, got {answer!r}") from None
+    if not 0 <= index < len(choices):
+        raise DataError(f"{where}: answer {index} is out of range for {len(choices)} choices (0-based)")
+    return ChoiceItem(str(context), list(choices), index)
+
+
+def _kjv_cloze(n_choices: int = 4, seed: int = 0) -> list[ChoiceItem]:
+    """Cloze items from the half of the KJV documents that :meth:`TextData.split` holds out
+    (``split(0.5, 0)``, the half the LLM demo does not pretrain on). Each verse of 12+ words is cut
+    in the middle; the context is the previous verse and the first half, the choices are its own
+    second half and the second halves of ``n_choices - 1`` other verses."""
+    _, held_out = _kjv().split(0.5, 0)
+    verses: list[tuple[str, str, str]] = []  # (previous verse, first half, second half)
+    for doc in held_out.texts:
+        previous = ""
+        for line in doc.splitlines():
+            words = line.split()[1:]  # drop the reference ("Ge50:19")
+            if len(words) >= 12:
+                cut = len(words) // 2
+                verses.append((previous, " ".join(words[:cut]), " " + " ".join(words[cut:])))
+            previous = " ".join(words)
+    rng = random.Random(seed)
+    items = []
+    for index, (previous, first, ending) in enumerate(verses):
+        others = [verses[j][2] for j in rng.sample(range(len(verses)), n_choices) if j != index][: n_choices - 1]
+        choices = [ending, *others]
+        rng.shuffle(choices)
+        context = f"{previous}\n{first}" if previous else first
+        items.append(ChoiceItem(context, choices, choices.index(ending)))
+    return items
+
+
+BUILTIN_CHOICES: dict[str, Callable[[], list[ChoiceItem]]] = {"kjv-cloze": _kjv_cloze}
+
+
+def load_choices(source: str | Path) -> list[ChoiceItem]:
+    """Multiple-choice items from ``builtin:<name>`` or a JSONL file (one item per line:
+    a context/question, a list of choices/endings, the answer as index or text)."""
+    name = str(source)
+    if name.startswith("builtin:"):
+        key = name.split(":", 1)[1]
+        if key not in BUILTIN_CHOICES:
+            from forgetless.errors import closest_names
+
+            raise DataError(f"unknown built-in choice set {key!r}: {closest_names(key, list(BUILTIN_CHOICES))}")
+        items = BUILTIN_CHOICES[key]()
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file() or path.suffix.lower() not in (".jsonl", ".json"):
+            raise DataError(f"choice data {path} must be an existing .jsonl file (or builtin:kjv-cloze)")
+        items = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
+                    items.append(_choice_item(row, f"{path}:{number}"))
+    if not items:
+        raise DataError(f"{name}: no multiple-choice items")
+    return items

@@ -8,6 +8,7 @@ warmup and gradual unfreezing (:mod:`.schedules`), on :class:`ForgetlessTrainer`
 
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,12 +23,13 @@ from forgetless.integrations.hf.capabilities import (
     CAPABILITY_KINDS,
     Capability,
     HeadAccuracy,
+    MultipleChoice,
     Perplexity,
     build_capability,
     encode_texts,
     lm_blocks,
 )
-from forgetless.integrations.hf.data import TextData, load_texts
+from forgetless.integrations.hf.data import TextData, load_choices, load_texts
 
 Listener = Callable[[dict[str, Any]], None]
 StepListener = Callable[[int, int], None]
@@ -86,7 +88,8 @@ class FinetuneConfig(BaseModel):
 
 
 def parse_keep(spec: str) -> tuple[str, str]:
-    """``"KIND:SOURCE"`` (e.g. ``perplexity:builtin:kjv``, ``accuracy:reviews.csv``)."""
+    """``"KIND:SOURCE"`` (e.g. ``perplexity:builtin:kjv``, ``accuracy:reviews.csv``,
+    ``choice:builtin:kjv-cloze``)."""
     kind, sep, source = spec.partition(":")
     if not sep or kind not in CAPABILITY_KINDS or not source:
         raise ConfigError(
@@ -104,11 +107,16 @@ def build_capabilities(specs: list[str], tokenizer: Any, cfg: FinetuneConfig, ob
     capabilities = []
     for spec in specs:
         kind, source = parse_keep(spec)
-        if kind == "perplexity" and objective != "lm":
+        if kind in ("perplexity", "choice") and objective != "lm":
             raise ConfigError(
-                f"--keep {spec}: perplexity needs a causal LM (the task is "
-                "classification); use accuracy: or knn: instead"
+                f"--keep {spec}: {kind} needs a causal LM (the task is classification); use accuracy: or knn: instead"
             )
+        if kind == "choice":
+            items = load_choices(source)
+            rng = random.Random(cfg.seed)
+            picked = sorted(rng.sample(range(len(items)), min(cfg.eval_size, len(items))))
+            capabilities.append(MultipleChoice(f"choice:{source}", tokenizer, [items[i] for i in picked], cfg.seq_len))
+            continue
         data = load_texts(source, need_labels=kind != "perplexity")
         capabilities.append(
             build_capability(
