@@ -435,8 +435,8 @@ def test_choice_items_from_jsonl_and_one_line_errors(tmp_path: Path) -> None:
         with pytest.raises(DataError, match=message) as error:
             load_choices(bad)
         assert "\n" not in str(error.value) and "bad.jsonl:1" in str(error.value)
-    with pytest.raises(DataError, match="kjv-cloze"):
-        load_choices("builtin:kjv-clozee")
+    with pytest.raises(DataError, match="kjv-word-order"):
+        load_choices("builtin:kjv-word-ordere")
 
 
 def test_finetune_keeps_a_choice_capability(tiny_lm_dir: Path, tmp_path: Path) -> None:
@@ -447,3 +447,19 @@ def test_finetune_keeps_a_choice_capability(tiny_lm_dir: Path, tmp_path: Path) -
     summary = run_finetune(small_run(tiny_lm_dir, keep=keep))
     choice = summary["capabilities"][f"choice:{items}"]
     assert 0.0 <= choice["before"] <= 1.0 and choice["drop"] == pytest.approx(choice["before"] - choice["after"])
+
+
+@pytest.mark.skipif(__import__("shutil").which("bible") is None, reason="needs apt-get install bible-kjv")
+def test_kjv_word_order_items_are_true_endings_against_shufflings_of_their_words() -> None:
+    from forgetless.integrations.hf import load_choices
+
+    items = load_choices("builtin:kjv-word-order")
+    _, held_out = load_texts("builtin:kjv").split(0.5, 0)
+    verses = {" ".join(line.split()[1:]) for doc in held_out.texts for line in doc.splitlines()}
+    for item in items[:: max(1, len(items) // 300)]:
+        true = item.choices[item.answer]
+        first = item.context.split("\n")[-1]
+        assert f"{first}{true}" in verses  # the held-out verse itself, not one the demo pretrains on
+        assert len(set(item.choices)) == 4
+        assert all(sorted(c.split()) == sorted(true.split()) for c in item.choices)
+    assert 0.15 < sum(i.answer == 0 for i in items) / len(items) < 0.35  # the answer's position is shuffled

@@ -11,8 +11,8 @@ Python itself, so demos and tests run without a dataset host:
 
 Multiple-choice items (:func:`load_choices`, for the ``choice`` capability) come from JSONL files
 (``{"context": ..., "choices": [...], "answer": 0}``, the shape of HellaSwag, ARC, PIQA, ...) or
-``builtin:kjv-cloze``: verse endings of the held-out half of the King James Bible, the true one
-among three endings of other verses.
+``builtin:kjv-word-order``: verse endings of the held-out half of the King James Bible, the true
+one among three shufflings of its words (a BLiMP-style grammaticality test).
 """
 
 from __future__ import annotations
@@ -295,33 +295,37 @@ def _choice_item(row: object, where: str) -> ChoiceItem:
     return ChoiceItem(str(context), list(choices), index)
 
 
-def _kjv_cloze(n_choices: int = 4, seed: int = 0) -> list[ChoiceItem]:
-    """Cloze items from the half of the KJV documents that :meth:`TextData.split` holds out
-    (``split(0.5, 0)``, the half the LLM demo does not pretrain on). Each verse of 12+ words is cut
-    in the middle; the context is the previous verse and the first half, the choices are its own
-    second half and the second halves of ``n_choices - 1`` other verses."""
+def _kjv_word_order(n_choices: int = 4, seed: int = 0) -> list[ChoiceItem]:
+    """Word-order items from the half of the KJV documents that :meth:`TextData.split` holds out
+    (``split(0.5, 0)``, the half the LLM demo does not pretrain on), a grammaticality test in the
+    manner of BLiMP's minimal pairs (Warstadt et al. 2020). Each verse of 12+ words is cut in the
+    middle; the context is the previous verse and the first half; the choices are the true second
+    half and ``n_choices - 1`` distinct shufflings of its own words. All choices have the same
+    characters, so length normalisation does not matter and chance is ``1 / n_choices``."""
     _, held_out = _kjv().split(0.5, 0)
-    verses: list[tuple[str, str, str]] = []  # (previous verse, first half, second half)
+    rng = random.Random(seed)
+    items = []
     for doc in held_out.texts:
         previous = ""
         for line in doc.splitlines():
             words = line.split()[1:]  # drop the reference ("Ge50:19")
             if len(words) >= 12:
                 cut = len(words) // 2
-                verses.append((previous, " ".join(words[:cut]), " " + " ".join(words[cut:])))
+                ending = words[cut:]
+                choices = [" " + " ".join(ending)]
+                while len(choices) < n_choices:
+                    shuffled = " " + " ".join(rng.sample(ending, len(ending)))
+                    if shuffled not in choices:
+                        choices.append(shuffled)
+                true = choices[0]
+                rng.shuffle(choices)
+                first = " ".join(words[:cut])
+                items.append(ChoiceItem(f"{previous}\n{first}" if previous else first, choices, choices.index(true)))
             previous = " ".join(words)
-    rng = random.Random(seed)
-    items = []
-    for index, (previous, first, ending) in enumerate(verses):
-        others = [verses[j][2] for j in rng.sample(range(len(verses)), n_choices) if j != index][: n_choices - 1]
-        choices = [ending, *others]
-        rng.shuffle(choices)
-        context = f"{previous}\n{first}" if previous else first
-        items.append(ChoiceItem(context, choices, choices.index(ending)))
     return items
 
 
-BUILTIN_CHOICES: dict[str, Callable[[], list[ChoiceItem]]] = {"kjv-cloze": _kjv_cloze}
+BUILTIN_CHOICES: dict[str, Callable[[], list[ChoiceItem]]] = {"kjv-word-order": _kjv_word_order}
 
 
 def load_choices(source: str | Path) -> list[ChoiceItem]:
@@ -338,7 +342,7 @@ def load_choices(source: str | Path) -> list[ChoiceItem]:
     else:
         path = Path(source).expanduser()
         if not path.is_file() or path.suffix.lower() not in (".jsonl", ".json"):
-            raise DataError(f"choice data {path} must be an existing .jsonl file (or builtin:kjv-cloze)")
+            raise DataError(f"choice data {path} must be an existing .jsonl file (or builtin:kjv-word-order)")
         items = []
         with path.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):

@@ -66,6 +66,7 @@ class FinetuneConfig(BaseModel):
     stop_if_drop: float | None = Field(None, ge=0)
     eval_every: int = Field(20, ge=1)
     eval_size: int = Field(256, ge=4)
+    choice_size: int | None = Field(None, ge=4, description="items per choice: capability (default: eval_size)")
     train_size: int | None = Field(None, ge=1)
     seed: int = 0
     device: str | None = None
@@ -89,7 +90,7 @@ class FinetuneConfig(BaseModel):
 
 def parse_keep(spec: str) -> tuple[str, str]:
     """``"KIND:SOURCE"`` (e.g. ``perplexity:builtin:kjv``, ``accuracy:reviews.csv``,
-    ``choice:builtin:kjv-cloze``)."""
+    ``choice:builtin:kjv-word-order``)."""
     kind, sep, source = spec.partition(":")
     if not sep or kind not in CAPABILITY_KINDS or not source:
         raise ConfigError(
@@ -114,7 +115,7 @@ def build_capabilities(specs: list[str], tokenizer: Any, cfg: FinetuneConfig, ob
         if kind == "choice":
             items = load_choices(source)
             rng = random.Random(cfg.seed)
-            picked = sorted(rng.sample(range(len(items)), min(cfg.eval_size, len(items))))
+            picked = sorted(rng.sample(range(len(items)), min(cfg.choice_size or cfg.eval_size, len(items))))
             capabilities.append(MultipleChoice(f"choice:{source}", tokenizer, [items[i] for i in picked], cfg.seq_len))
             continue
         data = load_texts(source, need_labels=kind != "perplexity")
