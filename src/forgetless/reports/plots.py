@@ -15,7 +15,7 @@ def _save(fig, path: Path, tight: bool = True) -> None:
     if tight:
         fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
 
@@ -28,7 +28,11 @@ def accuracy_heatmaps(matrices: dict[str, np.ndarray], path: Path) -> None:
     size = matrices[next(iter(matrices))].shape[0]
     cell = max(0.45, min(0.9, 6.0 / size))
     fig, axes = plt.subplots(
-        rows, cols, figsize=(cols * (size * cell + 1.6), rows * (size * cell + 1.2)), squeeze=False
+        rows,
+        cols,
+        figsize=(cols * (size * cell + 1.6), rows * (size * cell + 1.2)),
+        squeeze=False,
+        layout="constrained",
     )
     for ax in axes.flat[n:]:
         ax.axis("off")
