@@ -484,10 +484,11 @@ class Learner:
                 self._raise_nonfinite(step, float(loss))
             return
         if self._first_nonfinite is None:
-            self._first_nonfinite = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=loss.device)
+            # float32, not float64: MPS has no float64; steps are exact in float32 up to 2^24
+            self._first_nonfinite = torch.tensor([-1.0, 0.0], dtype=torch.float32, device=loss.device)
         record = self._first_nonfinite
         fresh = ~torch.isfinite(loss) & (record[0] < 0)
-        entry = torch.stack([torch.full_like(record[0], step), loss.to(torch.float64)])
+        entry = torch.stack([torch.full_like(record[0], step), loss.to(torch.float32)])
         self._first_nonfinite = torch.where(fresh, entry, record)
         if (step + 1) % self.nan_check_every == 0:
             self._check_finite()
