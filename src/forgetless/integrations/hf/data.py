@@ -209,6 +209,16 @@ def _read_class_folders(root: Path) -> TextData:
     return TextData(texts, labels, names, str(root))
 
 
+def _builtin(name: str, registry: dict[str, Callable], what: str) -> Callable:
+    """The loader of ``builtin:<key>`` in ``registry``, or a one-line error with the closest names."""
+    key = name.split(":", 1)[1]
+    if key not in registry:
+        from forgetless.errors import closest_names
+
+        raise DataError(f"unknown {what} {key!r}: {closest_names(key, list(registry))}")
+    return registry[key]
+
+
 def load_texts(
     source: str | Path, text_column: str | None = None, label_column: str | None = None, need_labels: bool = False
 ) -> TextData:
@@ -220,12 +230,7 @@ def load_texts(
     """
     name = str(source)
     if name.startswith("builtin:"):
-        key = name.split(":", 1)[1]
-        if key not in BUILTIN_SOURCES:
-            from forgetless.errors import closest_names
-
-            raise DataError(f"unknown built-in source {key!r}: {closest_names(key, list(BUILTIN_SOURCES))}")
-        data = BUILTIN_SOURCES[key]()
+        data = _builtin(name, BUILTIN_SOURCES, "built-in source")()
         data.source = name
     else:
         path = Path(source).expanduser()
@@ -333,12 +338,7 @@ def load_choices(source: str | Path) -> list[ChoiceItem]:
     a context/question, a list of choices/endings, the answer as index or text)."""
     name = str(source)
     if name.startswith("builtin:"):
-        key = name.split(":", 1)[1]
-        if key not in BUILTIN_CHOICES:
-            from forgetless.errors import closest_names
-
-            raise DataError(f"unknown built-in choice set {key!r}: {closest_names(key, list(BUILTIN_CHOICES))}")
-        items = BUILTIN_CHOICES[key]()
+        items = _builtin(name, BUILTIN_CHOICES, "built-in choice set")()
     else:
         path = Path(source).expanduser()
         if not path.is_file() or path.suffix.lower() not in (".jsonl", ".json"):
