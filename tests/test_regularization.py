@@ -448,7 +448,8 @@ def test_state_dict_round_trip_gives_identical_penalties(combination, tmp_path):
     assert learner.result.report  # bytes and term counts are reported
 
 
-def test_literal_ewc_grows_per_task_merged_ewc_and_online_ewc_stay_constant():
+def test_ewc_stores_one_term_per_task_and_online_ewc_one_in_all():
+    """EWC keeps every task's Fisher and anchor (merged or not: merging is how they are evaluated)."""
     config = make_config(benchmark="split-digits", scenario="class", epochs=1, hidden=[16])
     scenario = build_scenario("split-digits", "class", 5, seed=0)
     sizes = {}
@@ -465,8 +466,7 @@ def test_literal_ewc_grows_per_task_merged_ewc_and_online_ewc_stay_constant():
             learner.train_task(task)
         sizes[label] = learner.result.report[name]["bytes_per_term"]
     n_params = sum(p.numel() for p in model.parameters())
-    assert sizes["literal"] == [8 * n_params] * 3
-    assert sizes["merged"] == [8 * n_params]
+    assert sizes["literal"] == sizes["merged"] == [8 * n_params] * 3
     assert sizes["online"] == [8 * n_params]
 
 
@@ -488,15 +488,13 @@ def _random_terms(model: nn.Module, count: int, seed: int, sparse: bool):
 
 @settings(max_examples=25, deadline=None)
 @given(count=st.integers(1, 6), seed=st.integers(0, 2**16), sparse=st.booleans())
-def test_merged_terms_have_the_value_and_gradient_of_the_sum(count, seed, sparse):
+def test_merged_evaluation_has_the_value_and_gradient_of_the_sum(count, seed, sparse):
     """EWC's merge (S = sum F_t, mu = sum F_t a_t / S, constant C) is exact: value and gradient."""
     model = small_model(False)
-    literal, merged = AnchoredPenalty(), AnchoredPenalty()
+    literal, merged = AnchoredPenalty(), AnchoredPenalty(merge=True)
     for importance, anchor, weight in _random_terms(model, count, seed, sparse):
         literal.add_term(importance, anchor, weight)
         merged.add_term(importance, anchor, weight)
-        merged.merge_terms()  # after every task, as EWC does
-    assert len(merged.terms) == 1
     with torch.no_grad():  # move away from the anchors so the gradient is not trivially small
         for p in model.parameters():
             p.add_(0.1)
@@ -504,11 +502,12 @@ def test_merged_terms_have_the_value_and_gradient_of_the_sum(count, seed, sparse
     grad_literal = torch.autograd.grad(value_literal, list(model.parameters()))
     value_merged = merged.penalty(model)
     grad_merged = torch.autograd.grad(value_merged, list(model.parameters()))
+    assert len(merged._resolve(model)[1]) == 1 and len(merged.terms) == count  # one evaluated, all kept
     assert torch.allclose(value_merged, value_literal, rtol=1e-4)
     for a, b in zip(grad_merged, grad_literal, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
-    # and the merged term survives a state_dict round trip, constant included
-    restored = AnchoredPenalty()
+    # the stored terms survive a state_dict round trip, and so does the merged evaluation
+    restored = AnchoredPenalty(merge=True)
     restored.load_state_dict(merged.state_dict())
     assert torch.equal(restored.penalty(model), value_merged)
 
@@ -516,13 +515,16 @@ def test_merged_terms_have_the_value_and_gradient_of_the_sum(count, seed, sparse
 def test_merge_keeps_terms_over_other_parameters_apart():
     model = small_model(False)
     names = [n for n, _ in model.named_parameters()]
-    penalty = AnchoredPenalty()
-    penalty.add_term(None, snapshot(model))  # no importance: not merged
+    penalty = AnchoredPenalty(merge=True)
+    penalty.add_term(None, snapshot(model))  # no importance: evaluated on its own
     for chosen in (names, names, names[:1]):
         values = {n: p.detach() for n, p in model.named_parameters() if n in chosen}
         penalty.add_term({n: torch.ones_like(v) for n, v in values.items()}, values)
-    penalty.merge_terms()
-    assert [len(t.names) for t in penalty.terms] == [len(names), len(names), 1]
+    _, plan = penalty._resolve(model)
+    assert sorted(len(indices) for _, indices in plan) == [1, len(names), len(names)]
+    assert len(penalty.terms) == 4
+    penalty.merge = False  # switching the mode rebuilds the plan
+    assert len(penalty._resolve(model)[1]) == 4
 
 
 def test_ewc_merged_and_literal_train_the_same_model():

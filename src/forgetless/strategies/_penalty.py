@@ -7,15 +7,16 @@ The caller multiplies by its paper's factor (``lambda / 2`` for EWC, ``c`` for S
 
 API
 ---
-``AnchoredPenalty(name_filter=None, on_mismatch="skip")``
+``AnchoredPenalty(name_filter=None, on_mismatch="skip", merge=False)``
     ``name_filter(name) -> bool`` picks the parameters a term may cover (default: all).
 ``add_term(importance, anchor, weight=1.0, names=None) -> int``
     ``importance``/``anchor``: ``{name: tensor}`` or ``None`` (``None`` importance = 1 for
     every covered parameter, ``None`` anchor = 0, i.e. plain weight decay); ``names`` is needed
     when both are ``None``. Tensors are copied (detached) and stored as one flat vector each.
-``merge_terms()``
-    Replaces the terms over the same parameters by one exact equivalent (constant cost per
-    step, same value and gradient; see :meth:`AnchoredPenalty.merge_terms`).
+``AnchoredPenalty(..., merge=True)``
+    Evaluates the terms over the same parameters through one exact merged term (the same value
+    and gradient at a cost that does not grow with the number of terms; :func:`merged_term`).
+    The terms themselves are kept as added (inspectable, checkpointed).
 ``replace_term(index, ...)``, ``clear()``, ``terms`` (a list of :class:`PenaltyTerm`),
 ``term_dicts(index) -> (importance, anchor)`` as ``{name: tensor}`` views.
 ``penalty(model) -> Tensor``
@@ -56,7 +57,8 @@ class PenaltyTerm:
     """One ``(importance, anchor)`` pair over ``names``, stored flat (``None`` = 1 or 0).
 
     Its value is ``weight * (sum_i importance_i (theta_i - anchor_i)^2 + offset)``; ``offset``
-    is a constant (nonzero only for merged terms, so that their value equals the sum they replace).
+    is a constant, nonzero only for the merged terms of the evaluation plan (so that their value
+    equals the sum they stand for).
     """
 
     names: tuple[str, ...]
@@ -169,15 +171,28 @@ class AnchoredPenalty:
         self,
         name_filter: Callable[[str], bool] | None = None,
         on_mismatch: Literal["skip", "error"] = "skip",
+        merge: bool = False,
     ):
         self.name_filter = name_filter
         self.on_mismatch = on_mismatch
+        self._merge = merge
         self.terms: list[PenaltyTerm] = []
         self.skipped: set[str] = set()
         self._last_halves: list[torch.Tensor | None] | None = None
         self._cache: tuple[int, int, list[str], list[nn.Parameter], list] | None = None
         self._workspace: dict = {}  # reused flat buffers of the autograd pass (see _buffer)
         self._version = 0
+
+    @property
+    def merge(self) -> bool:
+        """Evaluate terms over the same parameters through one merged term (see :meth:`_merged`)."""
+        return self._merge
+
+    @merge.setter
+    def merge(self, value: bool) -> None:
+        if value != self._merge:
+            self._merge = value
+            self._version += 1  # rebuild the evaluation plan
 
     # -- building terms ------------------------------------------------------------------
     def _make_term(
@@ -288,6 +303,8 @@ class AnchoredPenalty:
                 indices.append(index[n])
             if indices:
                 plan.append((term, indices))
+        if self.merge:
+            plan = self._merge_plan(plan)
         params = [available[n] for n in names]
         self._cache = (key[0], key[1], names, params, plan)
         self._workspace = {}
@@ -302,11 +319,24 @@ class AnchoredPenalty:
             return torch.cat([views[n].reshape(-1) for n in keep]) if keep else flat[:0]
 
         shapes = tuple(s for n, s in zip(term.names, term.shapes, strict=True) if n in keep)
-        # a merged term's offset keeps the skipped parameters' constant share: value only, no gradient
-        return PenaltyTerm(tuple(keep), shapes, sub(term.importance), sub(term.anchor), term.weight, term.offset)
+        return PenaltyTerm(tuple(keep), shapes, sub(term.importance), sub(term.anchor), term.weight)
 
-    def merge_terms(self) -> None:
-        """Replace the terms over the same parameters by one term with the same value and gradient.
+    def _merge_plan(self, plan: list[tuple[PenaltyTerm, list[int]]]) -> list[tuple[PenaltyTerm, list[int]]]:
+        """Entries over the same parameters (importance and anchor set) become one merged entry."""
+        groups: dict[tuple[int, ...], list[PenaltyTerm]] = {}
+        merged: list[tuple[PenaltyTerm, list[int]]] = []
+        for term, indices in plan:
+            if term.importance is None or term.anchor is None:
+                merged.append((term, indices))
+            else:
+                groups.setdefault(tuple(indices), []).append(term)
+        for indices, terms in groups.items():
+            merged.append((terms[0] if len(terms) == 1 else self._merged(terms), list(indices)))
+        return merged
+
+    @staticmethod
+    def _merged(terms: list[PenaltyTerm]) -> PenaltyTerm:
+        """One term equal to the sum of ``terms`` over the same names, importance and anchor set.
 
         With ``S = sum_t w_t Omega_t``, ``b = sum_t w_t Omega_t a_t`` and ``mu = b / S``
         (elementwise; ``mu`` = the last anchor where ``S = 0``):
@@ -314,27 +344,9 @@ class AnchoredPenalty:
             sum_t w_t sum_i Omega_{t,i} (theta_i - a_{t,i})^2 = sum_i S_i (theta_i - mu_i)^2 + C,
             C = sum_t w_t sum_i Omega_{t,i} a_{t,i}^2 - sum_i b_i^2 / S_i   (a constant)
 
-        so a penalty of K terms costs one term per step and two parameter-sized vectors, exactly
-        (the gradient ``2 S (theta - mu)`` has the rounding of a single term). Sums are taken in
-        float64. Terms without an importance or anchor, or over other parameters, are kept as they are.
+        so K terms cost one term per step, exactly (the gradient ``2 S (theta - mu)`` has the
+        rounding of a single term). Sums are taken in float64.
         """
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for t, term in enumerate(self.terms):
-            if term.importance is not None and term.anchor is not None:
-                groups.setdefault(term.names, []).append(t)
-        replacement: dict[int, PenaltyTerm] = {}
-        dropped: set[int] = set()
-        for members in groups.values():
-            if len(members) > 1:
-                replacement[members[0]] = self._merged([self.terms[t] for t in members])
-                dropped.update(members[1:])
-        if replacement:
-            self.terms = [replacement.get(t, term) for t, term in enumerate(self.terms) if t not in dropped]
-            self._version += 1
-
-    @staticmethod
-    def _merged(terms: list[PenaltyTerm]) -> PenaltyTerm:
-        """One term equal to the sum of ``terms`` (same names, importance and anchor set)."""
         total = torch.zeros_like(terms[0].importance, dtype=torch.float64)
         moment = torch.zeros_like(total)
         constant = 0.0
@@ -404,7 +416,7 @@ class AnchoredPenalty:
         terms = {}
         for t, term in enumerate(self.terms):
             importance, anchor = self.term_dicts(t)
-            entry: dict[str, Any] = {"weight": term.weight, "names": list(term.names), "offset": term.offset}
+            entry: dict[str, Any] = {"weight": term.weight, "names": list(term.names)}
             if importance is not None:
                 entry["importance"] = {n: v.clone() for n, v in importance.items()}
             if anchor is not None:
@@ -417,7 +429,6 @@ class AnchoredPenalty:
         for t in sorted(state["terms"], key=int):
             entry = state["terms"][t]
             self.add_term(entry.get("importance"), entry.get("anchor"), entry["weight"], entry["names"])
-            self.terms[-1].offset = float(entry.get("offset", 0.0))
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -5,12 +5,15 @@ training every later task the loss gains one term per earlier task:
 
     L(theta) = L_B(theta) + sum_{t < now} (lambda / 2) * sum_i F_{t,i} (theta_i - theta*_{t,i})^2
 
-Kept literally (``merge_terms=False``), memory and penalty cost grow linearly with the number of
-tasks (two parameter-sized vectors per task). By default the terms are merged after each task
-into one exact equivalent, ``sum_i S_i (theta_i - mu_i)^2 + C`` with ``S = sum_t F_t`` and
-``mu = sum_t F_t theta*_t / S`` (:meth:`AnchoredPenalty.merge_terms`): the same loss value and
-gradient at the cost of a single term. This is still EWC, not Online EWC: every task keeps its
-own anchor's pull (``online-ewc`` keeps only the latest anchor and decays old Fishers). The Fisher is estimated on
+so memory grows linearly with the number of tasks (two parameter-sized vectors per task, kept as
+the paper has them: each task's Fisher stays inspectable, ``penalty.term_dicts(t)``; see
+``online-ewc`` for the constant-size variant). The cost per step does not have to grow with it:
+by default (``merge_terms``) the terms are evaluated through one exact equivalent,
+``sum_i S_i (theta_i - mu_i)^2 + C`` with ``S = sum_t F_t`` and ``mu = sum_t F_t theta*_t / S``
+(:meth:`AnchoredPenalty._merged`), the same loss value and gradient at the cost of a single
+term; ``merge_terms=False`` evaluates term by term. This is still EWC, not Online EWC: every
+task keeps its own anchor's pull (``online-ewc`` keeps only the latest anchor and decays old
+Fishers). The Fisher is estimated on
 ``fisher_samples`` training inputs of the task, with per-sample squared gradients computed in
 batch (:mod:`forgetless.strategies._fisher`): ``sampled`` (labels drawn from the model, as in
 the paper; default), ``empirical`` (data labels) or ``exact`` (expectation over classes).
@@ -20,7 +23,7 @@ Defaults (``ewc_lambda``) were chosen on a validation split: docs/tuning-regular
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,7 +53,7 @@ def estimate_fisher(ctx: TrainingContext, params: FisherParams) -> dict:
 
 class EWCParams(FisherParams):
     merge_terms: bool = Field(
-        True, description="merge the per-task terms into one exact equivalent (constant cost per step)"
+        True, description="evaluate the per-task terms as one exact merged term (constant cost per step)"
     )
 
 
@@ -60,10 +63,12 @@ class EWC(PenaltyStrategy):
     summary = "elastic weight consolidation: Fisher-weighted penalty toward every earlier task's optimum"
     Params = EWCParams
 
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.penalty.merge = self.params.merge_terms
+
     def penalty_scale(self, ctx: TrainingContext) -> float:
         return self.params.ewc_lambda / 2.0
 
     def after_task(self, ctx: TrainingContext) -> None:
         self.penalty.add_term(estimate_fisher(ctx, self.params), snapshot(ctx.model))
-        if self.params.merge_terms:
-            self.penalty.merge_terms()
