@@ -341,8 +341,9 @@ class MultipleChoice(Capability):
     ``sum_t log p(c_t | context, c_<t)`` over its tokens, divided by ``len(c)`` in characters
     when ``normalize`` (lm-evaluation-harness's ``acc_norm``; ``acc`` without); the prediction
     is the highest score. Context and choice are tokenized apart and concatenated; a pair longer
-    than ``seq_len`` loses context tokens from the left, never choice tokens. All pairs are
-    scored in padded batches (pad positions are masked and never scored).
+    than ``seq_len`` loses context tokens from the left (a choice longer than ``seq_len - 1``
+    tokens is cut to that). All pairs are scored in padded batches (pad positions are masked and
+    never scored).
     """
 
     metric = "accuracy"
@@ -357,6 +358,8 @@ class MultipleChoice(Capability):
         batch_size: int = 32,
     ) -> None:
         super().__init__(name, batch_size)
+        if not items:
+            raise DataError(f"capability {name!r} has no multiple-choice items")
         self.normalize = normalize
         self.answers = torch.tensor([item.answer for item in items])
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -395,7 +398,8 @@ class MultipleChoice(Capability):
                 ids = self.input_ids[window].to(device)
                 logits = model(input_ids=ids, attention_mask=self.attention_mask[window].to(device)).logits[:, :-1]
                 log_probs = F.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-                parts.append((log_probs.double().cpu() * self.scored[window]).sum(1))
+                scored = self.scored[window]
+                parts.append(torch.where(scored, log_probs.double().cpu(), 0.0).sum(1))
         scores = torch.cat(parts)
         return scores / self.char_lengths if self.normalize else scores
 
