@@ -62,7 +62,6 @@ class SI(PenaltyStrategy):
         self.start: dict[str, torch.Tensor] = {}
         """Parameters at the start of the current task."""
         self._tracked: list[tuple[str, torch.nn.Parameter]] | None = None
-        self._scratch: dict[str, torch.Tensor] = {}
 
     def penalty_scale(self, ctx: TrainingContext) -> float:
         kind = ctx.scenario.kind if ctx.scenario is not None else "domain"
@@ -73,7 +72,6 @@ class SI(PenaltyStrategy):
         self.previous = {n: v.clone() for n, v in self.start.items()}
         self.omega = {n: torch.zeros_like(v) for n, v in self.start.items()}
         self._tracked = None
-        self._scratch = {}
 
     @torch.no_grad()
     def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
@@ -87,18 +85,17 @@ class SI(PenaltyStrategy):
         grads = [p.grad for _, p in live]
         previous = [self.previous[n] for n, _ in live]
         omega = [self.omega[n] for n, _ in live]
-        # the step's displacement, in reused scratch buffers (a fresh allocation per step costs page faults)
-        delta = [self._scratch.setdefault(n, torch.empty_like(p)) for n, p in live]
-        torch._foreach_copy_(delta, current)
-        torch._foreach_sub_(delta, previous)
-        torch._foreach_addcmul_(omega, grads, delta, value=-1.0)
+        # previous <- previous - current = -delta, in place: no scratch vector, one pass fewer
+        torch._foreach_sub_(previous, current)
+        negative_delta = previous
+        torch._foreach_addcmul_(omega, grads, negative_delta)  # omega -= g * delta
         if own:  # add back c * d(penalty): omega -= (g - 2 c half) * delta
-            mine = [(own[n], d) for (n, _), d in zip(live, delta, strict=True) if n in own]
+            mine = [(own[n], d) for (n, _), d in zip(live, negative_delta, strict=True) if n in own]
             torch._foreach_addcmul_(
                 [self.omega[n] for n, _ in live if n in own],
                 [h for h, _ in mine],
                 [d for _, d in mine],
-                value=2.0 * self.penalty_scale(ctx),
+                value=-2.0 * self.penalty_scale(ctx),
             )
         torch._foreach_copy_(previous, current)
         return False
