@@ -90,7 +90,7 @@ def llm_demo(
 ) -> dict[str, dict[str, Any]]:
     """Tiny byte-level GPT-2 pretrained on the King James Bible (or, without the ``bible``
     command, Python's prose documentation), fine-tuned on the standard library's code. Kept:
-    held-out perplexity, and with the Bible a benchmark-style score: 200 word-order items of
+    held-out perplexity, and with the Bible a benchmark-style score: 120 word-order items of
     held-out verses (the true ending among three shufflings of its words, by likelihood; chance
     0.25)."""
     import shutil
@@ -106,7 +106,7 @@ def llm_demo(
         model=str(model),
         task="builtin:python-code",
         keep=[f"perplexity:{general}"] + (["choice:builtin:kjv-word-order"] if general == "builtin:kjv" else []),
-        choice_size=200,
+        choice_size=120,
         steps=steps,
         batch_size=batch_size,
         seq_len=seq_len,
