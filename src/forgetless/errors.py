@@ -24,6 +24,10 @@ class OutputError(ForgetlessError):
     """An output folder that exists already, is not writable, or a full disk."""
 
 
+class MissingExtraError(ForgetlessError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
 class NumericalError(ForgetlessError):
     """A NaN or infinite loss: training stopped, completed results were kept."""
 

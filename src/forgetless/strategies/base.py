@@ -141,6 +141,8 @@ class Strategy:
     summary: ClassVar[str] = ""
     scenarios: ClassVar[tuple[str, ...]] = ("task", "domain", "class")
     Params: ClassVar[type[BaseModel]] = NoParams
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Optional packages (import names) the method needs; checked before a run starts."""
 
     def __init__(self, **params: Any):
         try:

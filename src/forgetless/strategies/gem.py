@@ -21,11 +21,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-import quadprog
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from forgetless.extras import require
 from forgetless.strategies import register
 from forgetless.strategies._buffer import (
     ReplayStrategy,
@@ -66,6 +66,7 @@ def gem_project(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 
     # constraint of a task whose memory gradient is tiny next to the others' (found by hypothesis)
     # (a ridge also perturbs the solution, so the exact problem is tried first)
     diagonal = np.diag(np.diag(P))
+    quadprog = require("quadprog", "GEM's quadratic program")
     for ridge in [0.0] + [eps * 10.0**k for k in range(10)]:
         try:  # rank-deficient G (parallel task gradients) needs the ridge to be positive definite
             v = quadprog.solve_qp(P + ridge * diagonal, q, np.eye(t), np.full(t, margin))[0]
@@ -81,6 +82,7 @@ def gem_project(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 
 @register
 class GEM(ReplayStrategy):
     name = "gem"
+    requires = ("quadprog",)
     summary = "GEM: project the gradient (QP) so no earlier task's memory loss rises"
     Params: ClassVar[type[BaseModel]] = GEMParams
 

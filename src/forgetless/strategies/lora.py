@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from forgetless.errors import ConfigError
+from forgetless.extras import require
 from forgetless.strategies import register
 from forgetless.strategies._isolation import (
     FrozenBackboneParams,
@@ -51,10 +51,8 @@ class LoraTaskModel(TaskModules):
         return list(self._tasks)
 
     def add_task(self, task: int) -> None:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise ConfigError("lora needs the peft library: pip install 'forgetless[hf]'") from None
+        peft = require("peft", "strategy 'lora'")
+        LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
         config = LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
@@ -112,6 +110,7 @@ class LoraParams(FrozenBackboneParams):
 @register
 class Lora(FrozenBackboneStrategy):
     name = "lora"
+    requires = ("peft",)
     summary = "per-task LoRA adapters (peft) on a backbone frozen after the first task (task-IL)"
     Params = LoraParams
     model: LoraTaskModel

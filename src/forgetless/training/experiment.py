@@ -136,6 +136,16 @@ def check_device(name: str) -> None:
     raise ConfigError(f"--device {name!r} is not available here: use cpu or cuda")
 
 
+def validate(config: RunConfig) -> RunConfig:
+    """The resolved ``config``, after checking its device and every strategy name, parameter
+    and optional package, before anything is trained or written."""
+    config = resolve(config)
+    check_device(config.device)
+    for combination in config.strategies:
+        make_strategies(combination, config.params, {"buffer_size": config.buffer_size}, config.scenario)
+    return config
+
+
 def run_experiment(
     config: RunConfig,
     progress: Callable[[str, int], Progress] | None = None,
@@ -151,13 +161,9 @@ def run_experiment(
     every ``config.checkpoint_every`` steps, and Ctrl-C saves one before stopping; ``resume``
     continues from it exactly, without rerunning finished (combination, seed) runs.
     """
-    config = resolve(config)
-    check_device(config.device)
+    config = validate(config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    # validate every name before training anything
-    for combination in config.strategies:
-        make_strategies(combination, config.params, {"buffer_size": config.buffer_size}, config.scenario)
     saved, finished = _resume_point(config, run_dir) if (run_dir and resume) else (None, {})
     result = ExperimentResult(config)
     records: list[dict] = []

