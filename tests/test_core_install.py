@@ -19,9 +19,7 @@ HIDDEN = sorted(EXTRA_OF) + ["click"]  # typer >= 0.29 vendors click: the core m
 
 def run_hidden(code: str, *args: str) -> subprocess.CompletedProcess:
     prelude = f"import sys\nfor name in {HIDDEN!r}:\n    sys.modules[name] = None\n"
-    return subprocess.run(
-        [sys.executable, "-c", prelude + code, *args], capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-c", prelude + code, *args], capture_output=True, text=True, timeout=300)
 
 
 def test_every_module_imports_without_the_extras():
@@ -59,3 +57,28 @@ def test_a_method_whose_extra_is_missing_is_one_line_with_the_extra(tmp_path):
         assert len(lines) == 1 and fix in lines[0], (args, done.stderr)
         assert "Traceback" not in done.stderr
         assert not out.exists()  # refused before anything is written
+
+
+def test_every_import_is_declared_and_direct():
+    """deptry: no import of an undeclared package (DEP001) or of a transitive one (DEP003)."""
+    root = TESTS.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "deptry", "src", "tests", "benchmarks"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_code_is_ruff_clean():
+    root = TESTS.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "src", "tests", "benchmarks"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from forgetless.errors import ConfigError
 
+DEFAULT_STRATEGIES = ("naive", "ewc", "er", "joint")
+"""What ``forgetless run`` compares by default: the disease (naive fine-tuning), one regularizer
+(EWC), one replay method (ER) and the upper bound (joint training)."""
+
 
 class RunConfig(BaseModel):
     """Everything that defines a run. Unset fields take the benchmark's defaults.
@@ -23,7 +27,7 @@ class RunConfig(BaseModel):
 
     benchmark: str = "split-digits"
     scenario: Literal["task", "domain", "class"] | None = None
-    strategies: list[str] = Field(default_factory=lambda: ["naive", "joint"], min_length=1)
+    strategies: list[str] = Field(default_factory=lambda: list(DEFAULT_STRATEGIES), min_length=1)
     seeds: int = Field(1, ge=1, le=1000)
     seed: int = Field(0, ge=0)
     tasks: int | None = Field(None, ge=1, le=1000)

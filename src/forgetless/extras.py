@@ -32,7 +32,7 @@ def missing_extra(module: str, feature: str) -> MissingExtraError:
     """The one-line error for ``feature`` when ``module`` is not installed."""
     extra = EXTRA_OF.get(module.split(".")[0], "all")
     return MissingExtraError(
-        f"{feature} needs the optional package {module.split('.')[0]!r}: pip install \"forgetless[{extra}]\""
+        f'{feature} needs the optional package {module.split(".")[0]!r}: pip install "forgetless[{extra}]"'
     )
 
 

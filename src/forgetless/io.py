@@ -135,6 +135,12 @@ def _output_error(path: Path, error: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {error.strerror}; choose another --out")
 
 
+def _holds_results(path: Path) -> bool:
+    """Whether the folder holds anything but the config of a run that stopped before any
+    result or checkpoint (bad data, a missing extra): that one is started again freely."""
+    return any(entry.name != "config.yaml" for entry in path.iterdir())
+
+
 def prepare_run_dir(path: Path, force: bool = False) -> Path:
     """Create the run folder; refuse a non-empty existing one unless ``force``.
 
@@ -143,7 +149,7 @@ def prepare_run_dir(path: Path, force: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {path} is a file, not a folder: choose another path")
-    if path.is_dir() and any(path.iterdir()) and not force:
+    if path.is_dir() and not force and _holds_results(path):
         raise OutputError(f"--out {path} already holds a run: choose another folder or pass --force to overwrite")
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""``forgetless finetune`` and ``forgetless demo encoder|llm`` (Hugging Face fine-tuning)."""
+"""``forgetless finetune``: fine-tune a Hugging Face model while tracking what it forgets."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from rich.table import Table
 from forgetless.errors import ConfigError
 
 console = Console()
-demo_app = typer.Typer(help="Offline demos of fine-tuning without forgetting.", no_args_is_help=True)
 
 
-def _needs_hf(feature: str = "fine-tuning", demo: bool = False) -> None:
+def needs_hf(feature: str = "fine-tuning", demo: bool = False) -> None:
     from forgetless.extras import check
 
     check(("transformers", "peft", "accelerate"), feature)
@@ -95,7 +94,7 @@ class LiveProgress:
         self.progress.update(self.bar, status=" · ".join(parts))
 
 
-def _run_with_progress(live: LiveProgress):
+def run_with_progress(live: LiveProgress):
     from forgetless.integrations.hf.finetune import run_finetune
 
     def run(name: str, cfg: Any) -> dict[str, Any]:
@@ -148,7 +147,7 @@ def finetune(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Fine-tune a transformer on a task while measuring (and limiting) what it forgets."""
-    _needs_hf()
+    needs_hf()
     from pydantic import ValidationError
 
     from forgetless.integrations.hf.finetune import FinetuneConfig, run_finetune, write_report
@@ -205,61 +204,6 @@ def finetune(
     console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, capability_curves.png)")
 
 
-def _run_demo(demo_name: str, title: str, threads: int, quiet: bool, **options: Any) -> None:
-    """Run ``forgetless.integrations.hf.demos.<demo_name>`` with live progress, print its table."""
-    _needs_hf(f"forgetless demo {demo_name.removesuffix('_demo')}", demo=demo_name == "encoder_demo")
-    import torch
-
-    from forgetless.integrations.hf import demos
-
-    torch.set_num_threads(threads)
-    live = LiveProgress(quiet)
-    with live.progress:
-        runs = getattr(demos, demo_name)(run=_run_with_progress(live), **options)
-    console.print(results_table(runs, title))
-    console.print(f"report in [bold]{options['out']}[/] (forgetting.json, before_after.csv, capability_curves.png)")
-
-
-@demo_app.command("encoder")
-def demo_encoder(
-    out: Path = typer.Option(..., help="report folder"),
-    steps: int = typer.Option(60, help="fine-tuning steps per run"),
-    threads: int = typer.Option(2, help="torch CPU threads"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
-) -> None:
-    """MiniLM keeps tweet sentiment while learning news topics: naive vs LoRA vs L2-SP vs replay."""
-    _run_demo(
-        "encoder_demo",
-        "all-MiniLM-L6-v2: tweet sentiment kept, BBC topics learned",
-        threads,
-        quiet,
-        out=out,
-        steps=steps,
-    )
-
-
-@demo_app.command("llm")
-def demo_llm(
-    out: Path = typer.Option(..., help="report folder"),
-    pretrain_seconds: float = typer.Option(120.0, help="pretraining budget of the tiny GPT-2 (cached)"),
-    steps: int = typer.Option(100, help="fine-tuning steps per run"),
-    threads: int = typer.Option(2, help="torch CPU threads"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
-) -> None:
-    """Tiny byte-level GPT-2 keeps general prose while learning Python code: naive vs 25% replay."""
-    console.print("pretraining (or loading the cached) tiny GPT-2 …")
-    _run_demo(
-        "llm_demo",
-        "tiny byte-level GPT-2: general text kept, Python code learned",
-        threads,
-        quiet,
-        out=out,
-        pretrain_seconds=pretrain_seconds,
-        steps=steps,
-    )
-
-
 def register(app: typer.Typer) -> None:
-    """Add ``finetune`` and ``demo encoder|llm`` to the main app."""
+    """Add ``finetune`` to the main app."""
     app.command("finetune")(finetune)
-    app.add_typer(demo_app, name="demo")

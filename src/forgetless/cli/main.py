@@ -172,7 +172,7 @@ def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
     from forgetless.errors import OutputError
     from forgetless.io import atomic_write_text, prepare_run_dir
     from forgetless.reports.results import save_experiment
-    from forgetless.reports.table import summary_table
+    from forgetless.reports.table import reading, summary_table
     from forgetless.training.checkpoint import (
         Interrupted,
         RunInterrupted,
@@ -235,8 +235,10 @@ def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
             f"results of finished runs and the last checkpoint are in {out}; "
             f"continue with `forgetless run --resume {out}`"
         ) from None
-    save_experiment(result, out)
     console.print(summary_table(result))
+    for sentence in reading(result):
+        console.print(sentence, highlight=False)
+    save_experiment(result, out)
     console.print(f"results in [bold]{out}[/] (metrics.json, accuracy_matrix.csv, *.png)")
 
 

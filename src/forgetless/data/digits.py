@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from forgetless.data.cache import cached_dataset
 from forgetless.data.dataset import ImageDataset
 from forgetless.errors import DataError
 
@@ -14,7 +15,18 @@ SPLIT_SEED = 0
 
 
 def load_digits_dataset() -> ImageDataset:
-    """``uint8 [N, 1, 8, 8]`` digits, ``max_value`` 16, split 75/25 stratified with seed 0."""
+    """``uint8 [N, 1, 8, 8]`` digits, ``max_value`` 16, split 75/25 stratified with seed 0
+    (decoded once per scikit-learn version, then read from the user cache)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        sklearn_version = version("scikit-learn")
+    except PackageNotFoundError:
+        return _decode()  # names the missing package
+    return cached_dataset("digits", [f"scikit-learn {sklearn_version}", f"{TEST_FRACTION}:{SPLIT_SEED}"], _decode)
+
+
+def _decode() -> ImageDataset:
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split

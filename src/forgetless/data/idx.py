@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from forgetless.data.cache import cached_dataset, file_key
 from forgetless.data.dataset import ImageDataset
 from forgetless.data.files import find_dataset_files
 from forgetless.errors import DataError
@@ -100,18 +101,14 @@ def _load(name: str, class_names: tuple[str, ...], data_dir: Path | str | None, 
         gz = folder / filename
         return gz if gz.is_file() else folder / filename.removesuffix(".gz")
 
-    train_x, train_y = load_idx_pair(pick(IDX_FILES[0]), pick(IDX_FILES[1]))
-    test_x, test_y = load_idx_pair(pick(IDX_FILES[2]), pick(IDX_FILES[3]))
-    return ImageDataset(
-        name,
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        num_classes=10,
-        max_value=255.0,
-        class_names=class_names,
-    )
+    files = [pick(filename) for filename in IDX_FILES]
+
+    def decode() -> ImageDataset:
+        train_x, train_y = load_idx_pair(files[0], files[1])
+        test_x, test_y = load_idx_pair(files[2], files[3])
+        return ImageDataset(name, train_x, train_y, test_x, test_y, 10, max_value=255.0, class_names=class_names)
+
+    return cached_dataset(name, [file_key(f) for f in files], decode)
 
 
 def load_mnist(data_dir: Path | str | None = None, download: bool = True) -> ImageDataset:

@@ -2,37 +2,40 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+# Figures are made without pyplot (no GUI backend, no global figure list, ~0.3 s less import):
+# ``Figure.savefig`` renders PNG through Agg.
 
 
-def _save(fig, path: Path, tight: bool = True) -> None:
-    if tight:
-        fig.tight_layout()
+def _save(fig: Figure, path: Path) -> None:
+    """Render ``fig`` (laid out by its constrained layout: no second pass for a tight
+    bounding box) to a temporary file, then rename it to ``path``."""
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(tmp, dpi=120)
     tmp.replace(path)
 
 
 def accuracy_heatmaps(matrices: dict[str, np.ndarray], path: Path) -> None:
     """One annotated heatmap of R per strategy: rows = after training task i, cols = task j."""
     n = len(matrices)
-    cols = min(n, 3)
+    cols = n if n <= 3 else math.ceil(math.sqrt(n))
     rows = (n + cols - 1) // cols
     size = matrices[next(iter(matrices))].shape[0]
     cell = max(0.45, min(0.9, 6.0 / size))
-    fig, axes = plt.subplots(
+    fig = Figure(
+        figsize=(cols * (size * cell + 1.6), rows * (size * cell + 1.2)),
+        layout="constrained",
+    )
+    axes = fig.subplots(
         rows,
         cols,
-        figsize=(cols * (size * cell + 1.6), rows * (size * cell + 1.2)),
         squeeze=False,
-        layout="constrained",
     )
     for ax in axes.flat[n:]:
         ax.axis("off")
@@ -57,16 +60,17 @@ def accuracy_heatmaps(matrices: dict[str, np.ndarray], path: Path) -> None:
                         color="black" if value > 0.6 else "white",
                     )
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy")
-    _save(fig, path, tight=False)
+    _save(fig, path)
 
 
 def accuracy_curves(matrices: dict[str, np.ndarray], path: Path) -> None:
     """Per strategy, each task's accuracy as the stream goes on (one line per task)."""
     n = len(matrices)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False, sharey=True)
+    fig = Figure(figsize=(4.2 * n, 3.4), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)
     for ax, (name, matrix) in zip(axes[0], matrices.items()):
         size = matrix.shape[0]
-        colors = plt.cm.tab10(np.linspace(0, 1, max(size, 2)))
+        colors = colormaps["tab10"](np.linspace(0, 1, max(size, 2)))
         for j in range(size):
             steps = np.arange(j, size)
             ax.plot(steps + 1, matrix[j:, j], marker="o", ms=3, color=colors[j], label=f"task {j}")
@@ -91,12 +95,13 @@ def strategy_bars(summary: dict[str, dict[str, dict[str, float]]], path: Path) -
     """ACC, BWT and forgetting per strategy (mean with std error bars over seeds)."""
     names = list(summary)
     metrics = [("acc", "average accuracy"), ("bwt", "backward transfer"), ("forgetting", "forgetting")]
-    fig, axes = plt.subplots(1, 3, figsize=(max(9, 1.2 * len(names) * 3), 3.4))
+    fig = Figure(figsize=(max(9, 1.2 * len(names) * 3), 3.4), layout="constrained")
+    axes = fig.subplots(1, 3)
     x = np.arange(len(names))
     for ax, (key, label) in zip(axes, metrics):
         means = [summary[n][key]["mean"] for n in names]
         stds = [summary[n][key]["std"] for n in names]
-        ax.bar(x, means, yerr=stds, color=plt.cm.tab10(x % 10), capsize=3)
+        ax.bar(x, means, yerr=stds, color=colormaps["tab10"](x % 10), capsize=3)
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(label)

@@ -16,7 +16,6 @@ import numpy as np
 from forgetless.config import dump_config
 from forgetless.io import atomic_write_json, atomic_write_text
 from forgetless.metrics import forgetting_per_task, summarize
-from forgetless.reports import plots
 from forgetless.training.experiment import ExperimentResult
 
 
@@ -70,6 +69,8 @@ def save_experiment(result: ExperimentResult, out: Path, plots_too: bool = True)
     atomic_write_text(out / "accuracy_matrix.csv", buffer.getvalue())
 
     if plots_too and summary:
+        from forgetless.reports import plots  # matplotlib only on this path
+
         matrices = mean_matrices(result)
         plots.accuracy_heatmaps(matrices, out / "accuracy_matrix.png")
         plots.accuracy_curves(matrices, out / "accuracy_curves.png")

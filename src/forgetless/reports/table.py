@@ -43,3 +43,38 @@ def summary_table(result: ExperimentResult) -> Table:
         cells.append(f"{wall['mean']:.1f}")
         table.add_row(name, *cells)
     return table
+
+
+def _acc(metrics: dict[str, dict[str, float]]) -> float:
+    return metrics["acc"]["mean"]
+
+
+def reading(result: ExperimentResult) -> list[str]:
+    """Two plain sentences under the table: what naive forgot, what the best mitigation kept.
+
+    ``forgot`` is the forgetting measure (mean over earlier tasks of the drop from their best
+    accuracy to their final one, Chaudhry et al. 2018), in accuracy points; a sentence is
+    left out when its run (``naive``, a mitigation) is not in the comparison.
+    """
+    summary = result.summary()
+    joint = summary.get("joint")
+    upper = f", where joint training on all tasks at once reaches {_acc(joint):.3f}" if joint else ""
+    sentences = []
+    naive = summary.get("naive")
+    if naive is not None and "forgetting" in naive:
+        sentences.append(
+            f"Naive fine-tuning forgot {100 * naive['forgetting']['mean']:.1f} accuracy points of the earlier tasks "
+            f"on average (BWT {naive['bwt']['mean']:+.3f}) and ends at ACC {_acc(naive):.3f}{upper}."
+        )
+    mitigations = {k: v for k, v in summary.items() if k not in ("naive", "joint")}
+    if mitigations:
+        best, metrics = max(mitigations.items(), key=lambda item: _acc(item[1]))
+        kept = f"The best mitigation, {best}, ends at ACC {_acc(metrics):.3f}"
+        if "forgetting" in metrics:
+            kept += f" and forgot {100 * metrics['forgetting']['mean']:.1f} points"
+        if naive is not None and joint is not None and _acc(joint) > _acc(naive):
+            share = (_acc(metrics) - _acc(naive)) / (_acc(joint) - _acc(naive))
+            kept += f", {100 * share:.0f}% of the way from naive to joint"
+        others = [f"{name} {_acc(m):.3f}" for name, m in mitigations.items() if name != best]
+        sentences.append(kept + (f" (the others: {', '.join(others)})." if others else "."))
+    return sentences

@@ -362,16 +362,14 @@ def write_report(runs: dict[str, dict[str, Any]], out: Path) -> None:
 
 def plot_curves(runs: dict[str, dict[str, Any]], path: Path) -> None:
     """One panel per capability (and the new task): metric over steps, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     first = next(iter(runs.values()))
     panels = [(name, c["metric"]) for name, c in first["capabilities"].items()]
     if "task" in first:
         panels.append(("new task", first["task"]["metric"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (panel, metric) in zip(axes[0], panels):
         for run, summary in runs.items():
             steps = summary["steps"]
@@ -384,4 +382,3 @@ def plot_curves(runs: dict[str, dict[str, Any]], path: Path) -> None:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

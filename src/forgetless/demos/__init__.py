@@ -1,0 +1,1 @@
+"""Small self-contained demos that need only the core dependencies (``forgetless demo words``)."""
