@@ -8,7 +8,6 @@ warmup and gradual unfreezing (:mod:`.schedules`), on :class:`ForgetlessTrainer`
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,16 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from forgetless.errors import ConfigError
 from forgetless.integrations.hf.capabilities import (
-    CAPABILITY_KINDS,
     Capability,
     HeadAccuracy,
-    MultipleChoice,
+    KeepOptions,
     Perplexity,
-    build_capability,
     encode_texts,
     lm_blocks,
+    parse_keep,
 )
-from forgetless.integrations.hf.data import TextData, load_choices, load_texts
+from forgetless.integrations.hf.data import TextData, load_texts
 
 Listener = Callable[[dict[str, Any]], None]
 StepListener = Callable[[int, int], None]
@@ -88,49 +86,28 @@ class FinetuneConfig(BaseModel):
         return parts or ["naive"]
 
 
-def parse_keep(spec: str) -> tuple[str, str]:
-    """``"KIND:SOURCE"`` (e.g. ``perplexity:builtin:kjv``, ``accuracy:reviews.csv``,
-    ``choice:builtin:kjv-word-order``)."""
-    kind, sep, source = spec.partition(":")
-    if not sep or kind not in CAPABILITY_KINDS or not source:
-        raise ConfigError(
-            f"--keep {spec!r} must be KIND:DATA with KIND one of "
-            f"{', '.join(CAPABILITY_KINDS)} (e.g. perplexity:builtin:kjv)"
-        )
-    return kind, source
-
-
 def build_capabilities(specs: list[str], tokenizer: Any, cfg: FinetuneConfig, objective: str) -> list[Capability]:
+    """The capabilities of ``--keep KIND:DATA`` specs, each built by its registered kind."""
     if not specs:
         raise ConfigError(
             "no capability to keep: give at least one --keep KIND:DATA (e.g. --keep perplexity:builtin:kjv)"
         )
+    options = KeepOptions(
+        seq_len=cfg.seq_len,
+        eval_size=cfg.eval_size,
+        train_size=max(cfg.eval_size, 4 * cfg.batch_size),
+        choice_size=cfg.choice_size or cfg.eval_size,
+        seed=cfg.seed,
+    )
     capabilities = []
     for spec in specs:
         kind, source = parse_keep(spec)
-        if kind in ("perplexity", "choice") and objective != "lm":
+        if kind.needs_lm and objective != "lm":
             raise ConfigError(
-                f"--keep {spec}: {kind} needs a causal LM (the task is classification); use accuracy: or knn: instead"
+                f"--keep {spec}: {kind.kind} needs a causal LM (the task is classification); "
+                "use accuracy: or knn: instead"
             )
-        if kind == "choice":
-            items = load_choices(source)
-            rng = random.Random(cfg.seed)
-            picked = sorted(rng.sample(range(len(items)), min(cfg.choice_size or cfg.eval_size, len(items))))
-            capabilities.append(MultipleChoice(f"choice:{source}", tokenizer, [items[i] for i in picked], cfg.seq_len))
-            continue
-        data = load_texts(source, need_labels=kind != "perplexity")
-        capabilities.append(
-            build_capability(
-                kind,
-                data,
-                tokenizer,
-                cfg.seq_len,
-                name=f"{kind}:{source}",
-                eval_size=cfg.eval_size,
-                train_size=max(cfg.eval_size, 4 * cfg.batch_size),
-                seed=cfg.seed,
-            )
-        )
+        capabilities.append(kind.from_source(source, tokenizer, options))
     return capabilities
 
 

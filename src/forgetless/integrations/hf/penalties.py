@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from forgetless.errors import ConfigError
-from forgetless.integrations.hf.capabilities import Capability, _to
+from forgetless.integrations.hf.capabilities._io import to_device
+from forgetless.integrations.hf.capabilities.base import Capability
 from forgetless.strategies._penalty import AnchoredPenalty
 
 
@@ -101,7 +102,7 @@ def estimate_fisher(
         for p in frozen:
             p.requires_grad_(False)
         for chunk in order.split(batch_size):
-            batch = _to({k: v[chunk] for k, v in rows.items()}, device)
+            batch = to_device({k: v[chunk] for k, v in rows.items()}, device)
             objective = capability.sampled_nll(model, batch, generator)
             chosen = [params[n] for n in fisher]
             grads = torch.autograd.grad(objective, chosen, allow_unused=True)

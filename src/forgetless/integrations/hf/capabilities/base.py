@@ -1,0 +1,126 @@
+"""The capability protocol and the registry of kinds (``--keep KIND:DATA``).
+
+A capability is one thing a fine-tune should keep, measured on the model before, during and
+after it. Each kind is one file of this package that defines a :class:`Capability` subclass
+decorated with :func:`register_capability`; adding a kind is adding a file.
+
+A capability's *drop* is how much worse it got: ``before - now`` for accuracies (points of
+accuracy), ``now / before - 1`` for perplexity (relative increase). Positive = forgotten.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from forgetless.errors import ConfigError, DataError
+from forgetless.integrations.hf.capabilities._io import encode_texts
+from forgetless.integrations.hf.data import TextData, load_texts
+
+
+@dataclass(frozen=True)
+class KeepOptions:
+    """How a capability is cut from its data: sequence length, rows held out, rows kept for
+    fitting/replay, multiple-choice items scored, and the seed of the split."""
+
+    seq_len: int = 128
+    eval_size: int = 256
+    train_size: int = 512
+    choice_size: int = 256
+    seed: int = 0
+
+
+CAPABILITIES: dict[str, type[Capability]] = {}
+"""Kind name -> class, filled by :func:`register_capability`."""
+
+
+def register_capability(cls: type[Capability]) -> type[Capability]:
+    """Class decorator: make ``cls`` the capability of ``--keep cls.kind:DATA``."""
+    if not cls.kind:
+        raise TypeError(f"{cls.__name__} needs a non-empty `kind`")
+    CAPABILITIES[cls.kind] = cls
+    return cls
+
+
+class Capability(ABC):
+    """One thing the model can do, evaluated on held-out rows; optional replay and Fisher rows.
+
+    A kind registers itself with :func:`register_capability` under ``kind``, the ``KIND`` of
+    ``--keep KIND:DATA``; :meth:`from_source` builds it from ``DATA``.
+    """
+
+    kind: ClassVar[str] = ""
+    needs_lm: ClassVar[bool] = False
+    """Scored by a causal language model's likelihood (refused for a classification task)."""
+    needs_labels: ClassVar[bool] = False
+    metric: str = "score"
+    higher_is_better: bool = True
+
+    def __init__(self, name: str, batch_size: int = 64) -> None:
+        self.name = name
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_source(cls, source: str, tokenizer: Any, options: KeepOptions) -> Capability:
+        """The capability of ``--keep KIND:SOURCE``: the texts of ``source`` (a file or a
+        ``builtin:`` set, :func:`~forgetless.integrations.hf.data.load_texts`), built by
+        :meth:`from_texts`. Kinds scored on other data (``choice``) override this."""
+        data = load_texts(source, need_labels=cls.needs_labels)
+        return cls.from_texts(f"{cls.kind}:{source}", data, tokenizer, options)
+
+    @classmethod
+    def from_texts(cls, name: str, data: TextData, tokenizer: Any, options: KeepOptions) -> Capability:
+        """The capability on ``data``: half held out for evaluation, half for fitting/replay."""
+        raise ConfigError(f"capability kind {cls.kind!r} is not built from texts")
+
+    def prepare(self, model: nn.Module) -> None:  # noqa: B027 - optional hook
+        """Called once on the model before fine-tuning (e.g. to fit a fixed head)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module) -> float:
+        """The metric on the held-out rows."""
+
+    def drop(self, before: float, now: float) -> float:
+        """How much worse ``now`` is than ``before`` (positive = forgotten)."""
+        if self.higher_is_better:
+            return before - now
+        return now / before - 1.0
+
+    # Replay and EWC use the capability's training rows and its own loss.
+    def replay_rows(self) -> dict[str, torch.Tensor] | None:
+        """Rows of general data for replay / Fisher (``None``: this capability has none)."""
+        return None
+
+    def replay_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} has no replay loss")
+
+    def sampled_nll(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        """``-sum log p(y_hat | x)`` with ``y_hat`` drawn from the model's own distribution."""
+        raise NotImplementedError(f"{self.name} cannot estimate a Fisher")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore what :meth:`prepare` computed."""
+
+
+def labelled_halves(
+    data: TextData, tokenizer: Any, options: KeepOptions
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Encoded training rows, their labels, held-out rows and theirs (half of ``data`` each,
+    at most ``train_size`` / ``eval_size`` rows)."""
+    if not data.labelled:
+        raise DataError(f"{data.source}: this capability needs labelled data (a label column or class folders)")
+    train, test = data.split(0.5, options.seed)
+    train, test = train.head(options.train_size, options.seed), test.head(options.eval_size, options.seed)
+    return (
+        encode_texts(tokenizer, train.texts, options.seq_len),
+        torch.tensor(train.labels),
+        encode_texts(tokenizer, test.texts, options.seq_len),
+        torch.tensor(test.labels),
+    )
