@@ -171,6 +171,7 @@ def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
     from forgetless.config import dump_config
     from forgetless.errors import OutputError
     from forgetless.io import atomic_write_text, prepare_run_dir
+    from forgetless.reports.plot_worker import PlotWorker
     from forgetless.reports.results import save_experiment
     from forgetless.reports.table import reading, summary_table
     from forgetless.training.checkpoint import (
@@ -221,24 +222,25 @@ def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
     def save(result) -> None:
         save_experiment(result, out, plots_too=False)
 
-    try:
-        with progress:
-            result = run_experiment(cfg, progress=make_callback, on_run_done=save, run_dir=out, resume=resume)
-    except OutputError as error:
-        raise OutputError(
-            f"{error} (results up to the last checkpoint are kept: fix this, then `forgetless run --resume {out}`)"
-        ) from None
-    except KeyboardInterrupt as interrupt:  # click turns a KeyboardInterrupt into a silent abort
-        if isinstance(interrupt, RunInterrupted):
-            raise Interrupted(str(interrupt)) from None
-        raise Interrupted(
-            f"results of finished runs and the last checkpoint are in {out}; "
-            f"continue with `forgetless run --resume {out}`"
-        ) from None
-    console.print(summary_table(result))
-    for sentence in reading(result):
-        console.print(sentence, highlight=False)
-    save_experiment(result, out)
+    with PlotWorker() as plotter:  # imports matplotlib on the other core while the run trains
+        try:
+            with progress:
+                result = run_experiment(cfg, progress=make_callback, on_run_done=save, run_dir=out, resume=resume)
+        except OutputError as error:
+            raise OutputError(
+                f"{error} (results up to the last checkpoint are kept: fix this, then `forgetless run --resume {out}`)"
+            ) from None
+        except KeyboardInterrupt as interrupt:  # click turns a KeyboardInterrupt into a silent abort
+            if isinstance(interrupt, RunInterrupted):
+                raise Interrupted(str(interrupt)) from None
+            raise Interrupted(
+                f"results of finished runs and the last checkpoint are in {out}; "
+                f"continue with `forgetless run --resume {out}`"
+            ) from None
+        console.print(summary_table(result))
+        for sentence in reading(result):
+            console.print(sentence, highlight=False)
+        save_experiment(result, out, plotter=plotter)
     console.print(f"results in [bold]{out}[/] (metrics.json, accuracy_matrix.csv, *.png)")
 
 

@@ -107,3 +107,10 @@ def strategy_bars(summary: dict[str, dict[str, dict[str, float]]], path: Path) -
         ax.set_title(label)
         ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
+
+
+def draw_all(matrices: dict[str, np.ndarray], summary: dict[str, dict[str, dict[str, float]]], out: Path) -> None:
+    """The three plots of a run folder: heatmaps, curves along the stream, strategy bars."""
+    accuracy_heatmaps(matrices, out / "accuracy_matrix.png")
+    accuracy_curves(matrices, out / "accuracy_curves.png")
+    strategy_bars(summary, out / "strategies.png")

@@ -16,6 +16,7 @@ import numpy as np
 from forgetless.config import dump_config
 from forgetless.io import atomic_write_json, atomic_write_text
 from forgetless.metrics import forgetting_per_task, summarize
+from forgetless.reports.plot_worker import PlotWorker
 from forgetless.training.experiment import ExperimentResult
 
 
@@ -40,8 +41,11 @@ def mean_matrices(result: ExperimentResult) -> dict[str, np.ndarray]:
     return {name: np.mean([r.matrix for r in runs], axis=0) for name, runs in result.runs.items()}
 
 
-def save_experiment(result: ExperimentResult, out: Path, plots_too: bool = True) -> None:
-    """Write (or rewrite) every file of the run folder ``out`` from ``result``."""
+def save_experiment(
+    result: ExperimentResult, out: Path, plots_too: bool = True, plotter: PlotWorker | None = None
+) -> None:
+    """Write (or rewrite) every file of the run folder ``out`` from ``result``; the plots are
+    drawn by ``plotter`` when one is given (:mod:`.plot_worker`), else in this process."""
     out = Path(out)
     config = result.config
     atomic_write_text(out / "config.yaml", dump_config(config))
@@ -69,9 +73,9 @@ def save_experiment(result: ExperimentResult, out: Path, plots_too: bool = True)
     atomic_write_text(out / "accuracy_matrix.csv", buffer.getvalue())
 
     if plots_too and summary:
-        from forgetless.reports import plots  # matplotlib only on this path
+        if plotter is not None:
+            plotter.draw(mean_matrices(result), summary, out)
+        else:
+            from forgetless.reports import plots  # matplotlib only on this path
 
-        matrices = mean_matrices(result)
-        plots.accuracy_heatmaps(matrices, out / "accuracy_matrix.png")
-        plots.accuracy_curves(matrices, out / "accuracy_curves.png")
-        plots.strategy_bars(summary, out / "strategies.png")
+            plots.draw_all(mean_matrices(result), summary, out)
