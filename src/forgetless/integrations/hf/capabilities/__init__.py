@@ -28,7 +28,6 @@ from forgetless.integrations.hf.capabilities.knn import KnnProbe, knn_accuracy
 from forgetless.integrations.hf.capabilities.perplexity import Perplexity
 from forgetless.integrations.hf.data import TextData
 
-
 for _module in pkgutil.iter_modules(__path__):  # every kind file registers itself
     if not _module.name.startswith("_") and _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -18,12 +18,11 @@ from forgetless.integrations.hf.capabilities._io import (
     mean_pooled_embedding,
     to_device,
 )
-from forgetless.integrations.hf.capabilities.base import Capability, KeepOptions, labelled_halves, register_capability
-from forgetless.integrations.hf.data import TextData
+from forgetless.integrations.hf.capabilities.base import LabelledCapability, register_capability
 
 
 @register_capability
-class HeadAccuracy(Capability):
+class HeadAccuracy(LabelledCapability):
     """Accuracy through a fixed head on mean-pooled embeddings, or through the model's logits.
 
     ``head="fit"``: before fine-tuning, a multinomial logistic regression is fitted on the
@@ -32,7 +31,6 @@ class HeadAccuracy(Capability):
     """
 
     kind = "accuracy"
-    needs_labels = True
     metric = "accuracy"
 
     def __init__(
@@ -45,16 +43,10 @@ class HeadAccuracy(Capability):
         head: str = "fit",
         batch_size: int = 64,
     ) -> None:
-        super().__init__(name, batch_size)
-        self.train, self.train_labels = train, train_labels
-        self.test, self.test_labels = test, test_labels
+        super().__init__(name, train, train_labels, test, test_labels, batch_size)
         self.head = head
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
-
-    @classmethod
-    def from_texts(cls, name: str, data: TextData, tokenizer: Any, options: KeepOptions) -> HeadAccuracy:
-        return cls(name, *labelled_halves(data, tokenizer, options))
 
     def prepare(self, model: nn.Module) -> None:
         if self.head != "fit" or self.weight is not None:

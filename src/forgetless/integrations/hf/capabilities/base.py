@@ -109,6 +109,30 @@ class Capability(ABC):
         """Restore what :meth:`prepare` computed."""
 
 
+class LabelledCapability(Capability):
+    """A capability measured on a labelled set of texts: encoded training rows (for fitting a
+    head, replay and the Fisher) and held-out rows, each with its labels."""
+
+    needs_labels = True
+
+    def __init__(
+        self,
+        name: str,
+        train: dict[str, torch.Tensor],
+        train_labels: torch.Tensor,
+        test: dict[str, torch.Tensor],
+        test_labels: torch.Tensor,
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__(name, batch_size)
+        self.train, self.train_labels = train, train_labels
+        self.test, self.test_labels = test, test_labels
+
+    @classmethod
+    def from_texts(cls, name: str, data: TextData, tokenizer: Any, options: KeepOptions) -> Capability:
+        return cls(name, *labelled_halves(data, tokenizer, options))
+
+
 def labelled_halves(
     data: TextData, tokenizer: Any, options: KeepOptions
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:

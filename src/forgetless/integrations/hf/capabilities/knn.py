@@ -3,23 +3,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from forgetless.integrations.hf.capabilities._io import EvalMode, embed_all
-from forgetless.integrations.hf.capabilities.base import Capability, KeepOptions, labelled_halves, register_capability
-from forgetless.integrations.hf.data import TextData
+from forgetless.integrations.hf.capabilities.base import LabelledCapability, register_capability
 
 
 @register_capability
-class KnnProbe(Capability):
+class KnnProbe(LabelledCapability):
     """k-NN (cosine, majority vote) accuracy of the model's current embeddings on a labelled set."""
 
     kind = "knn"
-    needs_labels = True
     metric = "knn_accuracy"
 
     def __init__(
@@ -32,14 +28,8 @@ class KnnProbe(Capability):
         k: int = 10,
         batch_size: int = 64,
     ) -> None:
-        super().__init__(name, batch_size)
-        self.train, self.train_labels = train, train_labels
-        self.test, self.test_labels = test, test_labels
+        super().__init__(name, train, train_labels, test, test_labels, batch_size)
         self.k = k
-
-    @classmethod
-    def from_texts(cls, name: str, data: TextData, tokenizer: Any, options: KeepOptions) -> KnnProbe:
-        return cls(name, *labelled_halves(data, tokenizer, options))
 
     def evaluate(self, model: nn.Module) -> float:
         with EvalMode(model):
