@@ -10,6 +10,7 @@ written (corrupt, read-only, full disk) is skipped: the data are decoded as befo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,8 +68,9 @@ def _write(path: Path, dataset: ImageDataset) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({key: getattr(dataset, key).contiguous() for key in _TENSORS}, str(tmp), metadata=meta)
         tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    except OSError:  # read-only or full cache, or no folder can be made there: decode next time
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def cached_dataset(name: str, key_parts: list[str], decode: Callable[[], ImageDataset]) -> ImageDataset:

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from forgetless.data.cache import cached_dataset, file_key
 from forgetless.data.dataset import ImageDataset
 from forgetless.data.files import find_dataset_files
 from forgetless.errors import DataError
@@ -108,16 +109,24 @@ def read_tar_members(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
     return found
 
 
-def _read_blobs(fmt: CifarFormat, folder: Path) -> dict[str, tuple[bytes, str]]:
-    """Each needed file's bytes and a name for it in messages, from files or the tarball."""
+def _sources(fmt: CifarFormat, folder: Path) -> list[Path]:
+    """The extracted batch files (in ``folder`` or its sub-folder) if all are there, else the tarball."""
     names = fmt.train_files + fmt.test_files
     for where in (folder, folder / fmt.subdir):
         if all((where / n).is_file() for n in names):
-            try:
-                return {n: ((where / n).read_bytes(), str(where / n)) for n in names}
-            except OSError as error:
-                raise DataError(f"cannot read {error.filename}: {error.strerror}") from error
-    tarball = folder / fmt.tarball
+            return [where / n for n in names]
+    return [folder / fmt.tarball]
+
+
+def _read_blobs(fmt: CifarFormat, sources: list[Path]) -> dict[str, tuple[bytes, str]]:
+    """Each needed file's bytes and a name for it in messages, from files or the tarball."""
+    names = fmt.train_files + fmt.test_files
+    if len(sources) == len(names):
+        try:
+            return {n: (path.read_bytes(), str(path)) for n, path in zip(names, sources, strict=True)}
+        except OSError as error:
+            raise DataError(f"cannot read {error.filename}: {error.strerror}") from error
+    tarball = sources[0]
     return {n: (b, f"{n} in {tarball}") for n, b in read_tar_members(tarball, names).items()}
 
 
@@ -131,7 +140,12 @@ def load_cifar(fmt: CifarFormat, data_dir: Path | str | None = None, download: b
         download,
         alternatives=[names, [f"{fmt.subdir}/{n}" for n in names]],
     )
-    blobs = _read_blobs(fmt, folder)
+    sources = _sources(fmt, folder)
+    return cached_dataset(fmt.name, [file_key(path) for path in sources], lambda: _decode(fmt, sources))
+
+
+def _decode(fmt: CifarFormat, sources: list[Path]) -> ImageDataset:
+    blobs = _read_blobs(fmt, sources)
     num_classes = len(fmt.class_names)
 
     def part(files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
