@@ -15,11 +15,10 @@ import torch.nn.functional as F
 
 from forgetless.config import make_config
 from forgetless.data.scenarios import Scenario, Task
-from forgetless.errors import ConfigError
+from forgetless.errors import ConfigError, NumericalError
 from forgetless.models import build_model
 from forgetless.strategies import make_strategies
 from forgetless.strategies._isolation import pack_bits, unpack_bits
-from forgetless.strategies.packnet import FREE
 from forgetless.training.learner import Learner
 
 METHODS = ["progressive", "packnet", "supermask", "lora", "adapter"]
@@ -137,9 +136,9 @@ def test_progressive_forward_matches_eq1_and_reports_growth() -> None:
 
 
 # -- PackNet ------------------------------------------------------------------------------
-def reference_prune(weight: torch.Tensor, owner: torch.Tensor, keep: float) -> list[float]:
+def reference_prune(weight: torch.Tensor, owner: torch.Tensor, keep: float, free_value: int) -> list[float]:
     """Slow reference: magnitudes of the ``keep`` largest free weights, largest first."""
-    free = [abs(float(weight.view(-1)[i])) for i in range(weight.numel()) if owner.view(-1)[i] == FREE]
+    free = [abs(float(weight.view(-1)[i])) for i in range(weight.numel()) if owner.view(-1)[i] == free_value]
     return sorted(free, reverse=True)[: round(keep * len(free))]
 
 
@@ -160,8 +159,8 @@ def test_packnet_prunes_by_magnitude_masks_never_overlap_and_owned_weights_freez
         for (weight, owner), new_owner in zip(before, net.owners()):
             kept = weight.view(-1)[new_owner.view(-1) == task].abs()
             # the same magnitudes as the reference (ties at equal magnitude may pick other indices)
-            assert sorted(kept.tolist(), reverse=True) == reference_prune(weight, owner, 0.5)
-            released = (owner == FREE) & (new_owner == FREE)
+            assert sorted(kept.tolist(), reverse=True) == reference_prune(weight, owner, 0.5, net.free)
+            released = (owner == net.free) & (new_owner == net.free)
             assert kept.min() >= weight[released].abs().max()
         owned_values.append([torch.where(o == task, w, 0.0).clone() for w, o in zip(strategy.weights(), net.owners())])
     # owner maps: each weight belongs to one task or is free, so per-task masks cannot overlap;
@@ -171,7 +170,7 @@ def test_packnet_prunes_by_magnitude_masks_never_overlap_and_owned_weights_freez
         for a in range(n_tasks):
             for b in range(a + 1, n_tasks):
                 assert not (masks[a] & masks[b]).any()
-        free = owner == FREE
+        free = owner == net.free
         assert torch.equal(sum(m.int() for m in masks) + free.int(), torch.ones_like(owner, dtype=torch.int))
         assert torch.all(weight[free] == 0)
     report = strategy.report()
@@ -334,3 +333,77 @@ def test_a_model_without_a_multi_head_is_refused() -> None:
     model = build_model("mlp", scenario.input_shape, [2], False, [8])
     with pytest.raises(ConfigError, match="one head per task"):
         Learner(scenario, model, make_strategies("packnet", scenario="task"), config)
+
+
+# -- review defects -------------------------------------------------------------------------
+def test_packnet_owners_of_task_255_and_later_stay_distinct_from_free() -> None:
+    """The config allows 1000 tasks: owners past 254 must neither collide with the free marker
+    nor overflow. The owner logic (prune, live masks) is driven directly, without training."""
+    n_tasks = 300
+    scenario = tiny_scenario(n_tasks)
+    learner = tiny_learner("packnet", scenario=scenario, hidden=[32, 16])
+    strategy, net = learner.strategies[0], learner.model
+    kept = []
+    for task in range(n_tasks):
+        net.training_task.fill_(task)
+        for weight in strategy.weights():  # as if trained: every free weight non-zero
+            weight.data.add_(torch.rand_like(weight) + 0.1)
+        kept.append(strategy.prune(task, 1.0 / (n_tasks - task)))
+    owners = torch.cat([o.flatten().long() for o in net.owners()])
+    counts = torch.bincount(owners[owners != net.free], minlength=n_tasks)
+    assert counts.tolist()[:n_tasks] == kept and len(counts) == n_tasks  # every owner a task
+    assert int((owners == net.free).sum()) == owners.numel() - sum(kept) == 0
+    assert all(k > 0 for k in kept[255:])  # tasks 255.. own weights of their own
+    for task in (254, 255, 256, n_tasks - 2):
+        live = sum(int(net.live_mask(i, task).sum()) for i in range(len(net.names)))
+        assert live == sum(kept[: task + 1]), task  # later tasks' weights stay masked
+
+
+def test_packnet_owner_map_stays_one_byte_per_weight_up_to_255_tasks() -> None:
+    assert tiny_learner("packnet", scenario=tiny_scenario(255)).model.owners()[0].dtype == torch.uint8
+    wide = tiny_learner("packnet", scenario=tiny_scenario(256))
+    assert wide.model.owners()[0].dtype == torch.int16
+    assert wide.strategies[0].report()["owner_map_bytes"] == 2 * (16 * 16 + 16 * 12)
+
+
+def _trained_without_pruning(learner: Learner) -> None:
+    """Train task 0 and leave PackNet's after-task pruning and retraining to the test."""
+    strategy = learner.strategies[0]
+    original_after_task = strategy.after_task
+    strategy.after_task = lambda ctx: None  # type: ignore[method-assign]
+    learner.train_task(0)
+    strategy.after_task = original_after_task  # type: ignore[method-assign]
+
+
+def test_packnet_retrains_with_the_runs_optimizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retraining uses the run's optimizer (SGD, momentum), weight decay and layer-wise rates."""
+    learner = tiny_learner(
+        "packnet",
+        {"packnet": {"retrain_steps": 3}},
+        epochs=1,
+        optimizer="sgd",
+        momentum=0.9,
+        weight_decay=0.01,
+        layerwise_lr_decay=0.5,
+    )
+    _trained_without_pruning(learner)
+    built: list[torch.optim.Optimizer] = []
+    init = torch.optim.Optimizer.__init__
+
+    def spy(self, params, defaults) -> None:
+        init(self, params, defaults)
+        built.append(self)
+
+    monkeypatch.setattr(torch.optim.Optimizer, "__init__", spy)
+    learner.strategies[0].after_task(learner.ctx)
+    assert [type(o) for o in built] == [torch.optim.SGD]
+    assert built[0].defaults["momentum"] == 0.9 and built[0].defaults["weight_decay"] == 0.01
+    assert sorted(g["lr"] for g in built[0].param_groups) == pytest.approx([0.0025, 0.005, 0.01])
+
+
+def test_packnet_retraining_stops_at_a_non_finite_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    learner = tiny_learner("packnet", {"packnet": {"retrain_steps": 4}}, epochs=1)
+    _trained_without_pruning(learner)
+    monkeypatch.setattr(F, "cross_entropy", lambda logits, y: logits.sum() * float("nan"))
+    with pytest.raises(NumericalError, match=r"the loss became nan at task 0, step 0 of PackNet's retraining"):
+        learner.strategies[0].after_task(learner.ctx)

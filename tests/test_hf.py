@@ -463,3 +463,27 @@ def test_kjv_word_order_items_are_true_endings_against_shufflings_of_their_words
         assert len(set(item.choices)) == 4
         assert all(sorted(c.split()) == sorted(true.split()) for c in item.choices)
     assert 0.15 < sum(i.answer == 0 for i in items) / len(items) < 0.35  # the answer's position is shuffled
+
+
+# -- cleanup on errors ----------------------------------------------------------------------
+def test_finetune_removes_its_trainer_folder_when_training_raises(
+    tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from forgetless.integrations.hf.trainer import ForgetlessTrainer
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+
+    def fail(self, *args, **kwargs):
+        assert any(scratch_root.iterdir())  # the trainer folder exists while it trains
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(ForgetlessTrainer, "train", fail)
+    with pytest.raises(RuntimeError, match="simulated") as failure:
+        run_finetune(small_run(tiny_lm_dir))
+    # removed by the time the caller sees the error, not when its traceback is collected (a
+    # notebook or an error reporter keeps it alive: the folder would stay until then)
+    assert failure.value is not None and list(scratch_root.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from forgetless.config import make_config
@@ -133,3 +134,21 @@ def test_reduced_precision_evaluation_agrees_with_float32_and_is_used_by_the_lea
     reduced = task_accuracies(learner.model, scenario, precision="bfloat16")
     assert np.array_equal(reduced, learner.result.matrix[-1])
     assert np.abs(exact - reduced).max() <= 0.01
+
+
+def test_evaluation_restores_train_mode_when_the_forward_raises() -> None:
+    """``task_accuracies`` puts the model in eval mode; an exception must not leave it there."""
+    from test_architecture import tiny_scenario
+
+    class Failing(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dropout = torch.nn.Dropout(0.5)
+
+        def forward(self, x, task_ids=None):
+            raise RuntimeError("out of memory (simulated)")
+
+    model = Failing().train()
+    with pytest.raises(RuntimeError, match="simulated"):
+        task_accuracies(model, tiny_scenario())
+    assert model.training and model.dropout.training

@@ -109,6 +109,57 @@ def test_linear_called_twice_is_not_treated_with_the_identity():
     assert max_diff(fast, slow) < 1e-6
 
 
+class TiedLinears(nn.Module):
+    """Two Linears sharing one weight, each called once (``second.weight = first.weight``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(4, 4)
+        self.second = nn.Linear(4, 4)
+        self.second.weight = self.first.weight
+
+    def forward(self, x, task_ids=None):
+        return self.second(torch.tanh(self.first(x)))
+
+
+class TiedOutput(nn.Module):
+    """An output layer reusing the input projection's weight (as tied embeddings do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.project = nn.Linear(4, 6)
+
+    def forward(self, x, task_ids=None):
+        return torch.tanh(self.project(x)) @ self.project.weight
+
+
+@pytest.mark.parametrize("model_class", [TiedLinears, TiedOutput])
+@pytest.mark.parametrize("kind", ["exact", "sampled"])
+def test_a_tied_weight_is_not_treated_with_the_identity(model_class, kind):
+    """A Linear called once whose weight is also used elsewhere has a per-sample gradient that
+    sums both uses: the identity must detect the tie and leave that weight to the exact path."""
+    torch.manual_seed(0)
+    model, x = model_class(), torch.rand(6, 4)
+    fast = fisher_diagonal(model, x, kind=kind, generator=torch.Generator().manual_seed(3), method="identity")
+    slow = fisher_diagonal(model, x, kind=kind, generator=torch.Generator().manual_seed(3), method="loop")
+    assert max_diff(fast, slow) < 1e-6
+    assert max(float(v.abs().max()) for v in slow.values()) > 1e-3
+    mas_fast = mas_importance(model, x, method="identity")
+    assert max_diff(mas_fast, mas_importance(model, x, method="loop")) < 1e-6
+
+
+def test_untied_linears_stay_on_the_identity_path(monkeypatch):
+    """The tie check must not send ordinary Linears (used once) to the slower vmap path."""
+    from forgetless.strategies import _fisher
+
+    def no_vmap(*args, **kwargs):
+        raise AssertionError("an untied Linear fell back to vmap")
+
+    monkeypatch.setattr(_fisher, "_vmap_pass", no_vmap)
+    fisher = fisher_diagonal(small_model(False), inputs(), kind="exact", method="identity")
+    assert float(fisher["backbone.1.weight"].abs().max()) > 0
+
+
 def test_fisher_kinds_differ_off_optimum_and_sampled_is_unbiased_for_exact():
     model = small_model(False)
     x = inputs(16)

@@ -556,6 +556,9 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in ("accuracy_heatmaps", "accuracy_curves", "strategy_bars"):
         monkeypatch.setattr(plots, name, lambda *args, **kwargs: None)
+    from forgetless.reports.plot_worker import PlotWorker
+
+    monkeypatch.setattr(PlotWorker, "__init__", lambda self: setattr(self, "process", None))  # plots drawn here
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -611,3 +614,78 @@ def test_deferred_nan_check_names_the_first_bad_step(every: int) -> None:
     with pytest.raises(NumericalError, match=r"loss became nan at task 2, step 3 "):
         learner.run()
     assert len(learner.rows) == 2  # the completed tasks' rows are kept
+
+
+# -- checkpoint integrity ---------------------------------------------------------------------
+def _flip_a_byte(path: Path, offset_from_end: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("victim", "offset"),
+    [("model.safetensors", 7), ("strategies.safetensors", 3), ("learner.json", 40), ("experiment.json", 20)],
+)
+def test_a_changed_byte_anywhere_in_a_checkpoint_is_refused(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], victim: str, offset: int
+) -> None:
+    """Bytes flipped inside tensor data (which safetensors and JSON parse without complaint)
+    or an edited JSON value resume into different results unless the content hash catches them."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    target = run / ckpt.CHECKPOINT / victim
+    if target.stat().st_size <= offset:
+        pytest.skip(f"{victim} is too small here")
+    _flip_a_byte(target, offset)
+    code, _, err = run_cli(["run", "--resume", str(run)], capsys)
+    line = one_error_line(err)
+    assert code == 2 and victim in line and "SHA-256" in line and "refusing" in line
+
+
+def test_a_checkpoint_without_its_manifest_is_refused(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / ckpt.CHECKPOINT / ckpt.MANIFEST).unlink()
+    code, _, err = run_cli(["run", "--resume", str(run)], capsys)
+    assert code == 2 and ckpt.MANIFEST in one_error_line(err)
+
+
+def test_manifest_lists_every_file_with_its_hash(finished_run: Path) -> None:
+    import hashlib
+
+    folder = finished_run / ckpt.CHECKPOINT
+    manifest = json.loads((folder / ckpt.MANIFEST).read_text())
+    assert manifest["version"] == ckpt.VERSION
+    names = {p.name for p in folder.iterdir()} - {ckpt.MANIFEST}
+    assert set(manifest["files"]) == names and "model.safetensors" in names
+    for name, recorded in manifest["files"].items():
+        assert recorded["sha256"] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_symlinked_checkpoint_folder_is_replaced_by_the_link_not_the_target(tmp_path: Path, dangling: bool) -> None:
+    """The checkpoint written through a link twice: each swap replaces the link, the linked
+    folder is left as it was, and no stale previous-version link blocks the next swap."""
+    run = tmp_path / "run"
+    run.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    if not dangling:
+        elsewhere.mkdir()
+        (elsewhere / "keep.txt").write_text("not ours")
+    (run / ckpt.CHECKPOINT).symlink_to(elsewhere, target_is_directory=True)
+    state = {"model": {"w": torch.zeros(2)}, "learner": {}, "experiment": {"run": {"strategy": "naive", "seed": 0}}}
+    for value in (1.0, 2.0):
+        ckpt.save_checkpoint(run, {"w": torch.full((2,), value)}, {"loop": {}}, state["experiment"])
+        loaded = ckpt.load_checkpoint(run)
+        assert loaded is not None and float(loaded.learner["model"]["w"][0]) == value
+    assert not (run / ckpt.CHECKPOINT).is_symlink()
+    assert not fio.previous_folder(run / ckpt.CHECKPOINT).exists()
+    if not dangling:
+        assert (elsewhere / "keep.txt").read_text() == "not ours"

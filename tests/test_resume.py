@@ -328,3 +328,68 @@ def test_external_sigint_during_training(tmp_path: Path) -> None:
     assert process.returncode == 130, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
     assert ckpt.load_checkpoint(out) is not None
+
+
+# -- review defects ---------------------------------------------------------------------------
+def _run_with_flags(learner) -> tuple[np.ndarray, list[bool]]:
+    """The matrix of ``learner.run()`` and the ``requires_grad`` of every parameter at the end."""
+    matrix = learner.run().matrix
+    return matrix, [p.requires_grad for p in learner.model.parameters()]
+
+
+def test_mid_task_resume_with_gradual_unfreezing_unfreezes_the_remaining_levels(tmp_path: Path) -> None:
+    """Checkpoints at step 5 of a task fall between the unfreezings at steps 4 and 8: the
+    resumed run must still unfreeze the last level at step 8 and release everything after."""
+    config = _config("naive", unfreeze_every=4, tasks=3)
+    scenario = load_scenario(config, config.seed)
+    learner = build_learner(config, scenario, "naive", config.seed)
+    folders: list[Path] = []
+
+    def keep(state: dict) -> None:
+        run_dir = tmp_path / f"{len(folders):03d}"
+        run_dir.mkdir()
+        experiment = {"run": {"strategy": "naive", "seed": 0}, "completed": [], "config": {}}
+        ckpt.save_checkpoint(run_dir, state.pop("model"), state, experiment)
+        folders.append(run_dir)
+
+    learner.on_checkpoint = keep
+    reference, reference_flags = _run_with_flags(learner)
+    assert all(reference_flags)
+    saved_points = [ckpt.load_checkpoint(f) for f in folders]
+    mid_task = [s for s in saved_points if s.learner["loop"]["in_task"] and s.learner["loop"]["step"] == 5]
+    assert len(mid_task) == 3, "one checkpoint between two unfreezings per task"
+    for saved in mid_task:
+        assert not all(saved.learner["loop"]["trainable"])  # a level is still frozen there
+        resumed = build_learner(config, load_scenario(config, config.seed), "naive", config.seed)
+        resumed.load_checkpoint(saved.learner)
+        matrix, flags = _run_with_flags(resumed)
+        assert flags == reference_flags, f"resume from {saved.where()}: levels left frozen"
+        assert np.array_equal(matrix, reference), f"resume from {saved.where()} differs"
+        report = resumed.result.report["unfreeze"]["unfrozen_at_steps"]
+        assert report == learner.result.report["unfreeze"]["unfrozen_at_steps"]
+
+
+def test_resume_without_a_checkpoint_refuses_finished_runs_of_another_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_experiment(resume=True)`` reuses the runs of ``metrics.json`` only when the run
+    folder's config is this one (the CLI checks its flags; a library caller must be checked too)."""
+    from forgetless.reports.results import save_experiment
+    from forgetless.training.experiment import run_experiment
+    from forgetless.training.learner import Learner
+
+    config_a = _config("naive", tasks=2, epochs=1, checkpoint_every=None)
+    finished = run_experiment(config_a)
+    save_experiment(finished, tmp_path, plots_too=False)
+    assert ckpt.load_checkpoint(tmp_path) is None  # no checkpoint: only metrics.json tells
+    config_b = config_a.model_copy(update={"lr": 0.5})
+    with pytest.raises(ckpt.CheckpointError, match=rf"lr: {config_a.lr!r} in the run, 0.5 now"):
+        run_experiment(config_b, run_dir=tmp_path, resume=True)
+    (tmp_path / "config.yaml").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="config.yaml"):
+        run_experiment(config_a, run_dir=tmp_path, resume=True)
+    # with its own config, the finished run is reused, not trained again
+    save_experiment(finished, tmp_path, plots_too=False)
+    monkeypatch.setattr(Learner, "run", lambda self, progress=None: pytest.fail("trained again"))
+    again = run_experiment(config_a, run_dir=tmp_path, resume=True)
+    assert np.allclose(again.runs["naive"][0].matrix, finished.runs["naive"][0].matrix, atol=1e-6)

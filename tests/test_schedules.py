@@ -11,7 +11,7 @@ import torch
 from forgetless.config import make_config
 from forgetless.errors import ConfigError
 from forgetless.models import build_model
-from forgetless.strategies.base import Batch, Strategy, TrainingContext
+from forgetless.strategies.base import Batch, Strategy, TrainingContext, TrainingSet
 from forgetless.training.optim import build_optimizer, build_scheduler, layer_groups
 from forgetless.training.schedules import GradualUnfreezing, SafetyBrake, schedule_strategies
 from test_architecture import tiny_learner
@@ -254,3 +254,111 @@ def test_brake_monitors_through_the_strategies_predict_hook() -> None:
     assert reference == pytest.approx(float(learner.rows[0][0]))  # the matrix's own view of task 0
     constant = float((learner.scenario.tasks[0].test_y == 0).float().mean())
     assert reference == pytest.approx(constant)  # i.e. what the predict hook answers, not the model
+
+
+# -- review defects -------------------------------------------------------------------------
+def _clone_state(value):
+    """A deep copy of a strategy's ``state_dict()`` (tensors cloned)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _clone_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone_state(v) for v in value)
+    return value
+
+
+def _assert_same_state(a, b, where: str = "state") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        same = torch.equal(a, b)
+        assert same, f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{where}.{i}")
+    else:
+        assert a == b, where
+
+
+class StateRecorder(Strategy):
+    """Copies another strategy's ``state_dict()`` after every optimizer step."""
+
+    name = "state-recorder"
+
+    def __init__(self, watched: Strategy) -> None:
+        super().__init__()
+        self.watched = watched
+        self.history: dict[int, dict] = {}
+
+    def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
+        self.history[ctx.step] = _clone_state(self.watched.state_dict())
+        return False
+
+
+@pytest.mark.parametrize("combination", ["si", "er"])
+def test_brake_rollback_restores_the_other_strategies_state_too(combination: str) -> None:
+    """After the brake stops at step 6 and restores step 4, SI's path integral and ER's memory
+    must be those of step 4: the undone steps never happened, for the model and the strategies."""
+    learner = tiny_learner(combination, epochs=3)
+    other = learner.strategies[0]
+    recorder = StateRecorder(other)
+    brake = SafetyBrake(0.055, 2, evaluate=fake_monitor(0.01))
+    learner.strategies += [recorder, brake]
+    learner.hooks["after_step"] += [recorder, brake]
+    learner.train_task(0)
+    at_task_end: list[dict] = []
+    original_after_task = other.after_task
+
+    def after_task(ctx: TrainingContext) -> None:
+        at_task_end.append(_clone_state(other.state_dict()))
+        original_after_task(ctx)
+
+    other.after_task = after_task  # type: ignore[method-assign]
+    learner.train_task(1)
+    assert learner.result.stopped_early == {1: 6}
+    assert brake.report()["tasks"]["1"]["restored_step"] == 4
+    _assert_same_state(at_task_end[0], recorder.history[4], combination)
+
+
+class Cumulative(Strategy):
+    """Test only: a ``training_set`` hook that trains task t on the rows of tasks 0..t."""
+
+    name = "cumulative"
+
+    def training_set(self, ctx: TrainingContext, data: TrainingSet) -> TrainingSet:
+        tasks = ctx.scenario.tasks[: ctx.task_index + 1]
+        x = torch.cat([t.train_x for t in tasks])
+        y = torch.cat([t.train_y for t in tasks])
+        return TrainingSet(x, y, torch.cat([torch.full_like(t.train_y, t.index) for t in tasks]))
+
+
+def test_brake_checks_the_true_last_step_of_a_training_set_hook() -> None:
+    """A ``training_set`` hook that grows the data (task t trains on t + 1 tasks' rows): the
+    brake's final check is at the last step the learner runs, not at the task's own last one."""
+    learner = tiny_learner("", epochs=3)  # 12 steps on one task's own rows
+    cumulative = Cumulative()
+    brake = SafetyBrake(0.5, 5, evaluate=fake_monitor(0.001))
+    learner.strategies += [cumulative, brake]
+    learner.hooks["training_set"].append(cumulative)
+    learner.hooks["after_step"].append(brake)
+    learner.run()
+    assert learner.result.steps == [12, 24, 36]
+    assert [c[0] for c in brake.report()["tasks"]["1"]["checks"]] == [5, 10, 15, 20, 24]
+    assert [c[0] for c in brake.report()["tasks"]["2"]["checks"]] == [5, 10, 15, 20, 25, 30, 35, 36]
+
+
+def test_brake_with_joint_has_nothing_to_check_after_the_first_task() -> None:
+    """``joint`` trains everything in task 0 (never monitored: no earlier task) and nothing
+    later, so the brake never has a step to check there."""
+    learner = tiny_learner("joint", epochs=3)
+    brake = SafetyBrake(0.5, 5, evaluate=fake_monitor(0.001))
+    learner.strategies.append(brake)
+    learner.hooks["after_step"].append(brake)
+    learner.run()
+    assert learner.result.steps == [36, 0, 0]
+    assert [brake.report()["tasks"][t]["checks"] for t in ("1", "2")] == [[], []]

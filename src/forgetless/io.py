@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -83,13 +84,24 @@ def readable_folder(path: Path) -> Path | None:
     return previous if previous.is_dir() else None
 
 
+def remove_folder(path: Path) -> None:
+    """Delete a folder; where ``path`` is a symbolic link, only the link (its target is kept)."""
+    if path.is_symlink():
+        with contextlib.suppress(OSError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @contextmanager
 def atomic_folder(path: Path) -> Iterator[Path]:
     """Write a folder atomically: fill the yielded temporary folder, it then replaces ``path``.
 
     A folder is complete or absent: the new version is written beside the old one, fsynced,
     and swapped in with renames; the previous version is deleted only once the new one is in
-    place (:func:`readable_folder` finds whichever is complete after a crash mid-swap).
+    place (:func:`readable_folder` finds whichever is complete after a crash mid-swap). Where
+    ``path`` is a symbolic link (to a folder, or dangling), the link is what is replaced: its
+    target is left as it was.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -102,12 +114,12 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         fsync_folder(tmp)
-        if path.is_dir():
-            shutil.rmtree(previous, ignore_errors=True)
+        if path.is_dir() or path.is_symlink():
+            remove_folder(previous)
             os.replace(path, previous)
         os.replace(tmp, path)
         fsync_folder(path.parent)
-        shutil.rmtree(previous, ignore_errors=True)
+        remove_folder(previous)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _output_error(path, error) from None

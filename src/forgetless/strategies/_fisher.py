@@ -13,10 +13,12 @@ so for a layer ``z = W a + b`` applied **once per sample**, with ``d_n = dL_n/dz
 
 where ``D`` (B x out) and ``A`` (B x in) stack the samples (the identity BackPACK uses). It
 holds only when every sample passes through the layer at most once: a layer whose weights are
-shared across positions (convolution, transformer tokens with a 3-D input) or that is called
-twice in one forward has per-sample gradient ``sum_positions d a^T``, whose square is not the
-sum of squares. Such parameters are routed to the ``torch.func`` path (``vmap`` over samples of
-``grad``), which materialises every per-sample gradient (slower, exact). A per-sample Python
+shared across positions (convolution, transformer tokens with a 3-D input), that is called
+twice in one forward, or whose weight is used elsewhere too (tied weights: another layer or an
+output projection sharing it) has per-sample gradient ``sum_uses d a^T``, whose square is not
+the sum of squares. Such parameters (found by counting each weight's uses in the forward's
+autograd graph) are routed to the ``torch.func`` path (``vmap`` over samples of ``grad``),
+which materialises every per-sample gradient (slower, exact). A per-sample Python
 loop is kept as the obviously-correct reference for tests and benchmarks.
 
 Models are put in ``eval()`` mode while importances are estimated (no dropout; batch norm uses
@@ -65,6 +67,31 @@ def _named_trainable(model: nn.Module, names: Sequence[str] | None) -> dict[str,
     return params
 
 
+def _graph_uses(output: torch.Tensor) -> dict[int, int]:
+    """How many times each leaf tensor (by ``id``) enters the autograd graph of ``output``.
+
+    A Linear applied once contributes one use of its weight; a weight tied to another layer, or
+    also read directly in the forward, has more.
+    """
+    uses: dict[int, int] = {}
+    if output.grad_fn is None:
+        return uses
+    seen = {output.grad_fn}
+    stack = [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            leaf = getattr(child, "variable", None)  # AccumulateGrad: the leaf it feeds
+            if leaf is not None:
+                uses[id(leaf)] = uses.get(id(leaf), 0) + 1
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return uses
+
+
 # -- the three engines ----------------------------------------------------------------------
 def _identity_pass(
     model: nn.Module,
@@ -75,7 +102,8 @@ def _identity_pass(
     transform: Transform,
     wanted: dict[str, nn.Parameter],
 ) -> tuple[dict[str, torch.Tensor], set[str], Sequence[Objective]]:
-    """One forward, one backward per objective; returns sums for identity-eligible Linears.
+    """One forward, one backward per objective; returns sums for identity-eligible Linears
+    (called once, 2-D input, weight and bias used nowhere else).
 
     Also returns the names of ``wanted`` parameters it could *not* handle (for the vmap path)
     and the objectives it drew (so that the vmap path uses the same labels).
@@ -102,10 +130,14 @@ def _identity_pass(
     finally:
         for handle in handles:
             handle.remove()
+    uses = _graph_uses(logits)
     eligible = {
         name: module
         for name, module in linears.items()
-        if len(calls[name]) == 1 and calls[name][0][0].dim() == 2 and calls[name][0][1].requires_grad
+        if len(calls[name]) == 1
+        and calls[name][0][0].dim() == 2
+        and calls[name][0][1].requires_grad
+        and all(uses.get(id(p), 0) == 1 for p in (module.weight, module.bias) if p is not None)
     }
     sums: dict[str, torch.Tensor] = {}
     for module in eligible.values():

@@ -99,6 +99,9 @@ class TrainingContext:
     epoch: int = 0
     step: int = 0
     """Optimizer steps taken in the current task."""
+    steps_in_task: int = 0
+    """Optimizer steps the current task takes: epochs x batches of the set it trains on (after
+    every ``training_set`` hook). Set by the learner before the task's first step."""
     global_step: int = 0
     current_size: int = 0
     """Rows of the current batch that come from the current task (replay rows follow them)."""
@@ -106,6 +109,9 @@ class TrainingContext:
     accuracies: Callable[[list[int] | None], Any] | None = None
     """Set by the learner: test accuracy of the current model on the given tasks (``None``:
     all), evaluated exactly as the accuracy matrix is (``predict`` hooks, precision)."""
+    strategies: list[Strategy] = field(default_factory=list)
+    """Set by the learner: every strategy of the run, in order (the safety brake's rollback
+    restores their state)."""
 
     @property
     def task(self) -> Task:

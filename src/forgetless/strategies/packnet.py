@@ -1,15 +1,19 @@
 """PackNet (Mallya & Lazebnik 2018, "PackNet: Adding Multiple Tasks to a Single Network by
 Iterative Pruning", CVPR).
 
-Every backbone weight has an *owner*: the task that kept it, or ``FREE``. Task ``t`` trains only
-the free weights (owned ones are frozen: gradients zeroed before the step and their values
+Every backbone weight has an *owner*: the task that kept it, or *free* (the owner map's largest
+value; ``uint8`` maps up to 255 tasks, ``int16`` beyond: :func:`owner_dtype`). Task ``t`` trains
+only the free weights (owned ones are frozen: gradients zeroed before the step and their values
 restored after it, so neither momentum nor weight decay can move them). After the task, the free
 weights are pruned by magnitude layer by layer (Sec. 3 of the paper): the largest
 ``1 - prune_ratio`` fraction becomes owned by ``t``, the rest is set to zero and stays free for
 later tasks; the kept weights are then retrained briefly with the pruned ones held at zero.
 Inference for task ``t`` uses the weights owned by tasks ``<= t`` (everything else masked to
 zero), so old tasks' outputs are bit-identical after later tasks (BWT = 0). Biases are trained on
-the first task only and then frozen, as in the paper. Needs the task id.
+the first task only and then frozen, as in the paper. Needs the task id. Retraining uses the
+run's optimizer (:func:`~forgetless.training.optim.build_optimizer`: Adam or SGD, momentum,
+weight decay, layer-wise rates), and a non-finite loss in it raises ``NumericalError`` as in the
+learner.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.func import functional_call
 
+from forgetless.errors import ConfigError, NumericalError
 from forgetless.strategies import register
 from forgetless.strategies._isolation import (
     IsolationStrategy,
@@ -32,22 +37,36 @@ from forgetless.strategies._isolation import (
     weight_names,
 )
 from forgetless.strategies.base import Batch, TrainingContext
+from forgetless.training.optim import build_optimizer
 
-FREE = 255
-"""Owner value of a weight no task has kept yet (owners are stored as ``uint8``)."""
+
+def owner_dtype(num_tasks: int) -> torch.dtype:
+    """The narrowest owner dtype holding task indices ``0..num_tasks-1`` below its free value
+    (its largest): ``uint8`` up to 255 tasks, one byte per weight, else ``int16``."""
+    for dtype in (torch.uint8, torch.int16):
+        if num_tasks <= torch.iinfo(dtype).max:
+            return dtype
+    raise ConfigError(f"packnet supports at most {torch.iinfo(torch.int16).max} tasks, got {num_tasks}")
 
 
 class PackNetModel(TaskRoutedModel):
-    """The backbone with a ``uint8`` owner map per weight layer; task ``t`` sees owners ``<= t``."""
+    """The backbone with an owner map per weight layer; task ``t`` sees owners ``<= t``.
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    Owners are ``uint8`` for up to 255 tasks and ``int16`` beyond (:func:`owner_dtype`); a
+    weight no task has kept yet holds :attr:`free`, the dtype's largest value.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, num_tasks: int):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.names = weight_names(backbone)
+        dtype = owner_dtype(num_tasks)
+        self.free = torch.iinfo(dtype).max
+        """Owner value of a weight no task has kept yet."""
         for i, name in enumerate(self.names):
             weight = backbone.get_parameter(name)
-            self.register_buffer(f"owner_{i}", torch.full_like(weight, FREE, dtype=torch.uint8))
+            self.register_buffer(f"owner_{i}", torch.full_like(weight, self.free, dtype=dtype))
         self.register_buffer("training_task", torch.tensor(0))
         """Free weights are live for this task (the one training) and unseen ones."""
 
@@ -58,7 +77,7 @@ class PackNetModel(TaskRoutedModel):
         owner = self.owners()[index]
         live = owner <= task
         if task >= int(self.training_task):
-            live |= owner == FREE
+            live |= owner == self.free
         return live
 
     def forward_task(self, x: torch.Tensor, task: int) -> torch.Tensor:
@@ -95,7 +114,7 @@ class PackNet(IsolationStrategy):
         backbone, head = multi_head_of(ctx.model, self.name)
         self.capacity_left: list[float] = []
         self.kept_per_task: list[int] = []
-        return PackNetModel(backbone, head)
+        return PackNetModel(backbone, head, ctx.scenario.num_tasks)
 
     def weights(self) -> list[nn.Parameter]:
         return [self.model.backbone.get_parameter(n) for n in self.model.names]
@@ -127,10 +146,10 @@ class PackNet(IsolationStrategy):
             weight.copy_(torch.where(mask, weight, frozen))
 
     def before_step(self, ctx: TrainingContext) -> None:
-        self._mask_gradients(self._trainable_masks(FREE))
+        self._mask_gradients(self._trainable_masks(self.model.free))
 
     def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
-        self._restore(self._trainable_masks(FREE))
+        self._restore(self._trainable_masks(self.model.free))
         return False
 
     # -- pruning --------------------------------------------------------------------------
@@ -142,58 +161,72 @@ class PackNet(IsolationStrategy):
     @torch.no_grad()
     def prune(self, task: int, keep: float) -> int:
         """Give the top ``keep`` of each layer's free weights to ``task``; zero the rest."""
-        kept = 0
+        kept, free_value = 0, self.model.free
         for weight, owner in zip(self.weights(), self.model.owners()):
-            free = owner == FREE
+            free = owner == free_value
             n_keep = round(keep * int(free.sum()))
             magnitude = torch.where(free, weight.abs(), -1.0).reshape(-1)
             top = torch.topk(magnitude, n_keep).indices if n_keep else magnitude.new_zeros(0).long()
             owner.view(-1)[top] = task
-            weight.masked_fill_(owner == FREE, 0.0)
+            weight.masked_fill_(owner == free_value, 0.0)
             kept += n_keep
         return kept
 
     def retrain(self, ctx: TrainingContext, task: int) -> None:
-        """A few steps on the kept weights of ``task`` (pruned ones held at zero)."""
+        """A few steps on the kept weights of ``task`` (pruned ones held at zero), with the
+        run's optimizer; a non-finite loss raises :class:`NumericalError` (read once, at the end,
+        so that an accelerator is not synchronised every step)."""
         steps = self.params.retrain_steps
         data = ctx.task
         if not steps or not data.num_train:
             return
         model, config = self.model, ctx.config
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=config.lr)
+        optimizer = build_optimizer(model, config)  # frozen parameters get no gradient: skipped
         masks = self._trainable_masks(task)
         self._snapshot = [w.detach().clone() for w in self.weights()]
         model.train()
+        losses = []
         for _ in range(steps):
             index = torch.randint(data.num_train, (config.batch_size,), generator=ctx.generator)
             index = index.to(data.train_y.device)
             logits = model(ctx.prepare(data.train_x[index]), ctx.task_id(task))
             loss = F.cross_entropy(logits, data.train_y[index])
+            losses.append(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self._mask_gradients(masks)
             optimizer.step()
             self._restore(masks)
+        values = torch.stack(losses).float().cpu()
+        bad = torch.nonzero(~torch.isfinite(values)).flatten()
+        if len(bad):
+            step = int(bad[0])
+            raise NumericalError(
+                f"the loss became {float(values[step])} at task {task}, step {step} of PackNet's "
+                "retraining: lower the learning rate (--lr) or packnet.retrain_steps; results of "
+                "completed tasks were kept"
+            )
 
     def after_task(self, ctx: TrainingContext) -> None:
         task = ctx.task_index
         self.kept_per_task.append(self.prune(task, self.keep_fraction(ctx)))
         self.retrain(ctx, task)
         set_trainable(self.model, False)
-        free = sum(int((o == FREE).sum()) for o in self.model.owners())
+        free = sum(int((o == self.model.free).sum()) for o in self.model.owners())
         self.capacity_left.append(free / sum(o.numel() for o in self.model.owners()))
         super().after_task(ctx)
 
+    def owner_map_bytes(self) -> int:
+        return sum(o.numel() * o.element_size() for o in self.model.owners())
+
     def storage_bytes(self) -> int:
-        owner_bytes = sum(o.numel() for o in self.model.owners())
-        return 4 * count(self.model.parameters()) + owner_bytes
+        return 4 * count(self.model.parameters()) + self.owner_map_bytes()
 
     def report(self) -> dict[str, Any]:
         out = super().report()
         out["capacity_left_after_task"] = list(self.capacity_left)
         out["weights_kept_per_task"] = list(self.kept_per_task)
-        out["owner_map_bytes"] = sum(o.numel() for o in self.model.owners())
+        out["owner_map_bytes"] = self.owner_map_bytes()
         return out
 
     def state_dict(self) -> dict[str, Any]:

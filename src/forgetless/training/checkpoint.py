@@ -20,6 +20,11 @@ Each ``name.*`` is a pair: ``name.safetensors`` holds the tensors of a nested st
 dotted keys, ``name.json`` the rest with ``{"__tensor__": key}`` where a tensor was. Nothing is
 ever unpickled: tensors come from safetensors, everything else from JSON, so a checkpoint
 received from elsewhere cannot run code.
+
+``manifest.json``, written last, records the format version and every file's size and
+SHA-256; a resume verifies all of them before reading anything, so a checkpoint whose bytes
+changed after it was written (a flipped bit in a tensor, an edited value) is refused with one
+line instead of resuming into different results.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from forgetless.io import atomic_folder, readable_folder, write_synced
 from forgetless.training.result import RunResult
 
 FORMAT = "forgetless-checkpoint"
-VERSION = 1
+VERSION = 2
+"""2: a manifest with every file's SHA-256 (version 1 had none)."""
+MANIFEST = "manifest.json"
 CHECKPOINT = "checkpoint"
 """Name of the checkpoint folder inside a run folder."""
 
@@ -325,8 +332,56 @@ def save_checkpoint(
         write_tree(tmp, "optimizer", optimizer)
         write_tree(tmp, "learner", parts)
         write_tree(tmp, "experiment", experiment)
+        write_manifest(tmp)
         _test_kill_in_checkpoint()
     return target
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """``manifest.json``: the format version and the size and SHA-256 of every file in ``folder``."""
+    files = {
+        path.name: {"bytes": path.stat().st_size, "sha256": _digest(path)}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != MANIFEST
+    }
+    document = {"format": FORMAT, "version": VERSION, "files": files}
+    write_synced(folder / MANIFEST, json.dumps(document, indent=1).encode("utf-8"))
+
+
+def verify_manifest(folder: Path) -> None:
+    """Refuse, with one line, a checkpoint whose files differ from what its manifest recorded."""
+    path = folder / MANIFEST
+    restart = "delete the checkpoint folder to restart this run from scratch"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder} has no {MANIFEST}: it is incomplete or was written by a forgetless older than "
+            f"checkpoint version {VERSION}; resume it with the forgetless that wrote it, or {restart}"
+        )
+    document = _load_json(path)
+    files = document.get("files") if isinstance(document, dict) else None
+    if not isinstance(files, dict) or document.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a forgetless checkpoint manifest: {restart}")
+    if document.get("version") != VERSION:
+        raise CheckpointError(
+            f"{folder} is a version {document.get('version')} checkpoint; this forgetless reads version "
+            f"{VERSION}: resume it with the forgetless that wrote it"
+        )
+    for name, recorded in files.items():
+        target = folder / str(name)
+        if not isinstance(recorded, dict) or not target.is_file():
+            raise CheckpointError(f"checkpoint file {target} is missing: the checkpoint is incomplete; {restart}")
+        if target.stat().st_size != recorded.get("bytes") or _digest(target) != recorded.get("sha256"):
+            raise CheckpointError(
+                f"checkpoint file {target} does not match the SHA-256 recorded when it was written "
+                f"(changed or corrupted since): refusing to resume from it; {restart}"
+            )
 
 
 def _test_kill_in_checkpoint() -> None:
@@ -344,6 +399,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     folder = readable_folder(Path(run_dir) / CHECKPOINT)
     if folder is None:
         return None
+    verify_manifest(folder)
     experiment = read_tree(folder, "experiment")
     learner = read_tree(folder, "learner")
     if not isinstance(experiment, dict) or not isinstance(learner, dict) or "run" not in experiment:
@@ -356,14 +412,12 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
 
 def remove_checkpoint(run_dir: Path) -> None:
     """Delete the checkpoint of ``run_dir`` (a fresh run with ``--force`` over an old one)."""
-    import shutil
-
-    from forgetless.io import previous_folder
+    from forgetless.io import previous_folder, remove_folder
 
     target = Path(run_dir) / CHECKPOINT
     leftovers = list(Path(run_dir).glob(f".{CHECKPOINT}.tmp-*"))
     for folder in (target, previous_folder(target), *leftovers):
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_folder(folder)
 
 
 # -- config compatibility -------------------------------------------------------------------

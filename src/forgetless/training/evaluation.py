@@ -29,9 +29,8 @@ def task_accuracies(
     until the end (one synchronisation per call). ``predict(x, task_index)`` replaces the
     model's forward where a strategy changes evaluation-time behaviour. ``precision``
     ``bfloat16``/``float16`` runs the forwards under autocast (faster, may flip near ties).
+    The model is in eval mode meanwhile and back in its own mode afterwards, even on an error.
     """
-    was_training = model.training
-    model.eval()
     tasks = list(range(scenario.num_tasks)) if tasks is None else tasks
     device_type = scenario.tasks[tasks[0]].test_y.device.type if tasks else "cpu"
     autocast = (
@@ -39,9 +38,13 @@ def task_accuracies(
         if precision != "float32"
         else contextlib.nullcontext()
     )
-    with autocast:
-        correct = [_task_hits(model, scenario, index, batch_size, predict) for index in tasks]
-    model.train(was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast:
+            correct = [_task_hits(model, scenario, index, batch_size, predict) for index in tasks]
+    finally:
+        model.train(was_training)
     counts = torch.stack(correct).cpu().numpy() if correct else np.zeros(0)
     sizes = np.array([scenario.tasks[i].test_y.shape[0] for i in tasks], dtype=np.float64)
     return counts / np.maximum(sizes, 1)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from forgetless.config import RunConfig
+from forgetless.config import RunConfig, load_config_file, make_config
 from forgetless.data.benchmarks import build_scenario, get_benchmark
 from forgetless.data.scenarios import Scenario, validation_split
 from forgetless.errors import ConfigError, NumericalError
@@ -28,6 +28,9 @@ from forgetless.strategies import make_strategies
 from forgetless.training import checkpoint as ckpt
 from forgetless.training.learner import Learner, Progress, RunResult
 from forgetless.training.schedules import schedule_strategies
+
+CONFIG_FILE = "config.yaml"
+"""The resolved config in a run folder (written with ``metrics.json``, read on resume)."""
 
 
 def resolve(config: RunConfig) -> RunConfig:
@@ -192,10 +195,16 @@ def run_experiment(
 
 
 def _resume_point(config: RunConfig, run_dir: Path) -> tuple[ckpt.Checkpoint | None, dict[tuple[str, int], RunResult]]:
-    """The checkpoint of ``run_dir`` (checked against ``config``) and the runs already finished."""
+    """The checkpoint of ``run_dir`` (checked against ``config``) and the runs already finished.
+
+    Without a checkpoint the finished runs come from ``metrics.json`` alone; they are reused
+    only if the run folder's ``config.yaml`` (written with them) matches ``config``.
+    """
     saved = ckpt.load_checkpoint(run_dir)
     finished = {(r.strategy, r.seed): r for r in ckpt.runs_from_metrics(run_dir)}
     if saved is None:
+        if finished:
+            _check_folder_config(config, run_dir)
         return None, finished
     differences = ckpt.config_differences(saved.config, config.model_dump(mode="json"))
     if differences:
@@ -208,6 +217,24 @@ def _resume_point(config: RunConfig, run_dir: Path) -> tuple[ckpt.Checkpoint | N
         run = ckpt.run_from_record(record)
         finished[(run.strategy, run.seed)] = run
     return saved, finished
+
+
+def _check_folder_config(config: RunConfig, run_dir: Path) -> None:
+    """Refuse to reuse the finished runs of ``run_dir`` unless its ``config.yaml`` is ``config``."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ckpt.CheckpointError(
+            f"cannot resume {run_dir}: it has finished runs in metrics.json but no {CONFIG_FILE} "
+            "to tell which config made them: start a new run with another --out"
+        )
+    saved = resolve(make_config(**load_config_file(path)))
+    differences = ckpt.config_differences(saved.model_dump(mode="json"), config.model_dump(mode="json"))
+    if differences:
+        raise ckpt.CheckpointError(
+            f"cannot resume {run_dir}: its finished runs were made with another config ("
+            + "; ".join(differences)
+            + "): resume without changing these, or start a new run with another --out"
+        )
 
 
 def _checkpoint_writer(

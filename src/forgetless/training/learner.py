@@ -107,6 +107,7 @@ class Learner:
             generator=self.generator,
         )
         self.ctx.accuracies = self.evaluate
+        self.ctx.strategies = self.strategies
         for strategy in strategies:
             replacement = strategy.setup(self.ctx)
             if replacement is not None:
@@ -218,6 +219,7 @@ class Learner:
         n = len(data)
         steps_per_epoch = math.ceil(n / config.batch_size) if n else 0
         total = epochs * steps_per_epoch
+        ctx.steps_in_task = total
         optimizer = build_optimizer(self.model, config)
         scheduler = build_scheduler(optimizer, config, total)
         if resume is not None:

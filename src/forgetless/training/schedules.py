@@ -20,6 +20,7 @@ import torch
 from forgetless.config import RunConfig
 from forgetless.errors import ConfigError
 from forgetless.strategies.base import Batch, Strategy, TrainingContext
+from forgetless.training.checkpoint import CheckpointError
 from forgetless.training.evaluation import task_accuracies
 from forgetless.training.optim import layer_groups
 
@@ -38,6 +39,10 @@ class GradualUnfreezing(Strategy):
     have ``requires_grad=False`` and no gradient, so neither Adam's moments nor weight decay
     touch them: they stay bit-identical until unfrozen. Only parameters this schedule froze are
     unfrozen (a strategy's own frozen parameters stay frozen); all are released after the task.
+
+    Checkpoints name the parameters of every level still frozen, so a run resumed mid-task
+    unfreezes them at the same steps as the uninterrupted run (the learner restores their
+    ``requires_grad=False`` and skips ``before_task``).
     """
 
     name = "unfreeze"
@@ -50,9 +55,16 @@ class GradualUnfreezing(Strategy):
         self.every = every
         self.frozen: list[list[torch.nn.Parameter]] = []
         self.unfrozen_at: list[list[int]] = []
+        self._names: dict[int, str] = {}
+        """Name of every model parameter by ``id`` (checkpoints name the frozen levels)."""
+        self._frozen_names: list[list[str]] | None = None
+        """Levels still frozen in a loaded checkpoint, by parameter name, until resolved
+        against the model (the first hook after the resume)."""
 
     def before_task(self, ctx: TrainingContext) -> None:
         groups = layer_groups(ctx.model)
+        self._names = {id(p): n for n, p in ctx.model.named_parameters()}
+        self._frozen_names = None
         self.frozen = []
         for group in groups[:-1][::-1]:  # the level below the head first
             mine = [p for p in group if p.requires_grad]
@@ -63,6 +75,7 @@ class GradualUnfreezing(Strategy):
         self.unfrozen_at.append([])
 
     def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
+        self._resolve_loaded(ctx)
         if ctx.step % self.every == 0 and self.frozen:
             for p in self.frozen.pop(0):
                 p.requires_grad_(True)
@@ -70,23 +83,44 @@ class GradualUnfreezing(Strategy):
         return False
 
     def after_task(self, ctx: TrainingContext) -> None:
+        self._resolve_loaded(ctx)
         for group in self.frozen:
             for p in group:
                 p.requires_grad_(True)
         self.frozen = []
 
+    def _resolve_loaded(self, ctx: TrainingContext) -> None:
+        """Turn the frozen levels of a loaded checkpoint (names) into the model's parameters."""
+        if self._frozen_names is None:
+            return
+        params = dict(ctx.model.named_parameters())
+        missing = [n for level in self._frozen_names for n in level if n not in params]
+        if missing:
+            raise CheckpointError(f"checkpoint of gradual unfreezing names parameters this model lacks ({missing[:3]})")
+        self.frozen = [[params[n] for n in level] for level in self._frozen_names]
+        self._names = {id(p): n for n, p in params.items()}
+        self._frozen_names = None
+
     def report(self) -> dict[str, Any]:
         return {"every": self.every, "unfrozen_at_steps": [list(s) for s in self.unfrozen_at]}
 
     def state_dict(self) -> dict[str, Any]:
+        if self._frozen_names is not None:  # loaded, not resolved yet: unchanged
+            frozen = [list(level) for level in self._frozen_names]
+        else:
+            frozen = [[self._names[id(p)] for p in level] for level in self.frozen]
         return {
-            "levels_frozen": len(self.frozen),
+            "levels_frozen": len(frozen),
+            "frozen": frozen,
             "unfrozen_at": [list(s) for s in self.unfrozen_at],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unfrozen_at = [list(s) for s in state["unfrozen_at"]]
-        # the frozen levels are re-derived by the resumed task's before_task
+        # levels still frozen mid-task: resolved against the model by the next hook (the
+        # learner skips before_task on a mid-task resume); none between tasks
+        self.frozen = []
+        self._frozen_names = [list(level) for level in state.get("frozen", [])] or None
 
 
 def _test_accuracies(ctx: TrainingContext, tasks: list[int]) -> np.ndarray:
@@ -103,12 +137,19 @@ class SafetyBrake(Strategy):
 
     Monitored score: mean accuracy over the earlier tasks (``0..t-1``) of task ``t``, measured
     before the task starts (``reference``) and every ``eval_every`` optimizer steps (and at the
-    task's last step). The task stops at the first check where
-    ``drop = reference - score > threshold``; the weights are then restored to the *best*
+    task's last step, ``ctx.steps_in_task``: that of the set the learner trains on,
+    ``training_set`` hooks included). The task stops at the first check where
+    ``drop = reference - score > threshold``; the run is then restored to the *best*
     checkpoint, defined as the last checked state whose drop was within the threshold (the one
     with the most training on the new task that still keeps earlier tasks within the limit; the
-    pre-task weights if the very first check crosses). Why and where it stopped is logged and
-    reported (``metrics.json``). The first task has no earlier task and is never stopped.
+    pre-task state if the very first check crosses). Restored are the weights and every other
+    strategy's state (through ``state_dict``/``load_state_dict``: SI's path integral, replay
+    memories), so the undone steps leave no trace; each check keeps one copy of both. Why and
+    where it stopped is logged and reported (``metrics.json``). The first task has no earlier
+    task and is never stopped.
+
+    The brake must run after every other strategy (:func:`schedule_strategies` is appended
+    last): its pre-task copy is taken once the others have prepared the task.
 
     The monitor is the scenario's evaluation data: use ``--validation`` so that stopping is not
     decided on the test set. ``evaluate`` replaces the monitor (tests, custom "prior
@@ -129,19 +170,19 @@ class SafetyBrake(Strategy):
         self.evaluate = evaluate or _test_accuracies
         self.reference: float | None = None
         self.best: dict[str, torch.Tensor] | None = None
+        """Model weights at the best check."""
+        self.best_strategies: list[dict[str, Any]] | None = None
+        """Every other strategy's ``state_dict()`` at the best check, in the run's order."""
         self.best_step = 0
-        self.last_step = 0
         self.log: dict[str, dict[str, Any]] = {}
 
     def before_task(self, ctx: TrainingContext) -> None:
-        self.best, self.best_step = None, 0
+        self.best, self.best_strategies, self.best_step = None, None, 0
         if ctx.task_index == 0:
             self.reference = None
             return
         self.reference = self._score(ctx)
-        self.best = self._snapshot(ctx)
-        steps = -(-ctx.task.num_train // ctx.config.batch_size) * (ctx.config.epochs or 1)
-        self.last_step = steps
+        self._keep_best(ctx, 0)
         self.log[str(ctx.task_index)] = {
             "reference": self.reference,
             "threshold": self.threshold,
@@ -153,22 +194,38 @@ class SafetyBrake(Strategy):
     def _score(self, ctx: TrainingContext) -> float:
         return float(np.mean(self.evaluate(ctx, list(range(ctx.task_index)))))
 
-    @staticmethod
-    def _snapshot(ctx: TrainingContext) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+    def _others(self, ctx: TrainingContext) -> list[Strategy]:
+        return [s for s in ctx.strategies if s is not self]
+
+    def _keep_best(self, ctx: TrainingContext, step: int) -> None:
+        """Copy the weights and every other strategy's state as the best point (``step``)."""
+        self.best = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+        self.best_strategies = [_copy_tree(s.state_dict()) for s in self._others(ctx)]
+        self.best_step = step
+
+    def _restore_best(self, ctx: TrainingContext) -> None:
+        """Back to the best point: strategies first (an architecture method may rebuild its
+        model from its state, as when a checkpoint is loaded), then the weights."""
+        assert self.best is not None
+        others = self._others(ctx)
+        if self.best_strategies is not None:  # None: a checkpoint from before they were kept
+            if len(others) != len(self.best_strategies):
+                raise RuntimeError("safety brake: the run's strategies changed during the task")
+            for strategy, state in zip(others, self.best_strategies):
+                strategy.load_state_dict(_copy_tree(state))
+        ctx.model.load_state_dict(self.best)
 
     def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
-        if self.reference is None or (ctx.step % self.eval_every and ctx.step != self.last_step):
+        if self.reference is None or (ctx.step % self.eval_every and ctx.step != ctx.steps_in_task):
             return False
         score = self._score(ctx)
         drop = self.reference - score
         entry = self.log[str(ctx.task_index)]
         entry["checks"].append([ctx.step, score])
         if drop <= self.threshold:
-            self.best, self.best_step = self._snapshot(ctx), ctx.step
+            self._keep_best(ctx, ctx.step)
             return False
-        assert self.best is not None
-        ctx.model.load_state_dict(self.best)
+        self._restore_best(ctx)
         entry["stopped_at_step"], entry["restored_step"] = ctx.step, self.best_step
         entry["drop"] = drop
         log.warning(
@@ -192,19 +249,33 @@ class SafetyBrake(Strategy):
         state: dict[str, Any] = {
             "reference": self.reference,
             "best_step": self.best_step,
-            "last_step": self.last_step,
             "log": self.log,
         }
         if self.best is not None:
             state["best"] = self.best
+        if self.best_strategies is not None:
+            state["best_strategies"] = self.best_strategies
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reference = state["reference"]
         self.best_step = state["best_step"]
-        self.last_step = state["last_step"]
         self.log = state["log"]
         self.best = state.get("best")
+        self.best_strategies = state.get("best_strategies")
+
+
+def _copy_tree(value: Any) -> Any:
+    """A deep copy of a ``state_dict()``: nested dicts, lists and tuples; tensors cloned."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, dict):
+        return {k: _copy_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_tree(v) for v in value)
+    return value
 
 
 def schedule_strategies(config: RunConfig) -> list[Strategy]:

@@ -238,48 +238,48 @@ def run_finetune(
     optimizer = None
     if cfg.layerwise_lr_decay < 1:
         optimizer = layerwise_adamw(model, cfg.lr, cfg.layerwise_lr_decay, cfg.weight_decay)
-    scratch = tempfile.TemporaryDirectory(prefix="forgetless-trainer-")
-    args = TrainingArguments(
-        output_dir=scratch.name,
-        max_steps=cfg.steps,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type="constant_with_warmup",
-        logging_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        use_cpu=device.type == "cpu",
-        dataloader_num_workers=0,
-    )
-    guard = ForgettingCallback(tracker, cfg.stop_if_drop, listeners=listeners)
-    callbacks: list[Any] = [guard]
-    if cfg.unfreeze_every:
-        callbacks.append(GradualUnfreezing(cfg.unfreeze_every))
-    if on_step is not None:
-        callbacks.append(_StepCallback(on_step))
-    trainer = ForgetlessTrainer(
-        model=model,
-        args=args,
-        train_dataset=MixedDataset(task_set, general_set),
-        data_collator=SplitCollator(),
-        callbacks=callbacks,
-        optimizers=(optimizer, None),
-        penalties=penalties,
-        replay_loss=replay_source.replay_loss if general is not None else None,
-        mixing_sampler=sampler,
-    )
-    for noisy in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(noisy)
-    train_started = time.perf_counter()
-    trainer.train()
-    train_wall = time.perf_counter() - train_started
-    scratch.cleanup()
+    # the Trainer needs an output folder (it saves nothing there): removed even when training raises
+    with tempfile.TemporaryDirectory(prefix="forgetless-trainer-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            max_steps=cfg.steps,
+            per_device_train_batch_size=cfg.batch_size,
+            learning_rate=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=cfg.warmup_steps,
+            lr_scheduler_type="constant_with_warmup",
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            use_cpu=device.type == "cpu",
+            dataloader_num_workers=0,
+        )
+        guard = ForgettingCallback(tracker, cfg.stop_if_drop, listeners=listeners)
+        callbacks: list[Any] = [guard]
+        if cfg.unfreeze_every:
+            callbacks.append(GradualUnfreezing(cfg.unfreeze_every))
+        if on_step is not None:
+            callbacks.append(_StepCallback(on_step))
+        trainer = ForgetlessTrainer(
+            model=model,
+            args=args,
+            train_dataset=MixedDataset(task_set, general_set),
+            data_collator=SplitCollator(),
+            callbacks=callbacks,
+            optimizers=(optimizer, None),
+            penalties=penalties,
+            replay_loss=replay_source.replay_loss if general is not None else None,
+            mixing_sampler=sampler,
+        )
+        for noisy in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(noisy)
+        train_started = time.perf_counter()
+        trainer.train()
+        train_wall = time.perf_counter() - train_started
 
     summary = guard.summary()
     eval_seconds = sum(r["eval_seconds"] for r in tracker.history)
