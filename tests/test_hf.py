@@ -22,7 +22,6 @@ from forgetless.integrations.hf import (  # noqa: E402
     Perplexity,
     ewc_penalty,
     l2sp_penalty,
-    layerwise_param_groups,
     load_texts,
     run_finetune,
 )
@@ -316,9 +315,10 @@ def test_layerwise_lr_decay_and_gradual_unfreezing() -> None:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
     from forgetless.integrations.hf.schedules import GradualUnfreezing
+    from forgetless.training.optim import layer_groups, layerwise_param_groups
 
     model = GPT2LMHeadModel(tiny_config())
-    groups = layerwise_param_groups(model, lr=1.0, decay=0.5)
+    groups = layerwise_param_groups(layer_groups(model), lr=1.0, decay=0.5)
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     assert lr_of[id(model.transformer.wte.weight)] == 0.125  # depth 0 of L=2: 0.5^3
     assert lr_of[id(model.transformer.h[0].attn.c_attn.weight)] == 0.25
@@ -487,3 +487,58 @@ def test_finetune_removes_its_trainer_folder_when_training_raises(
     # removed by the time the caller sees the error, not when its traceback is collected (a
     # notebook or an error reporter keeps it alive: the folder would stay until then)
     assert failure.value is not None and list(scratch_root.iterdir()) == []
+
+
+def test_one_depth_rule_for_every_transformer_and_the_trainer_split_of_weight_decay() -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from forgetless.training.optim import layer_groups, layerwise_param_groups
+
+    bert = BertForSequenceClassification(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
+    )
+    names = {id(p): n for n, p in bert.named_parameters()}
+    levels = [[names[id(p)] for p in level] for level in layer_groups(bert)]
+    assert len(levels) == 5  # embeddings, 3 encoder layers, top
+    assert all("embeddings" in n for n in levels[0])
+    for i in range(3):
+        assert all(f"encoder.layer.{i}." in n for n in levels[1 + i])
+    assert {n.split(".")[0] + "." + n.split(".")[1] for n in levels[-1]} == {
+        "bert.pooler",
+        "classifier.weight",
+        "classifier.bias",
+    }
+    groups = layerwise_param_groups(layer_groups(bert), lr=1.0, decay=0.5, weight_decay=0.1)
+    for group in groups:
+        assert group["lr"] == 0.5 ** (4 - group["level"])
+        assert group["weight_decay"] == (0.1 if all(p.dim() > 1 for p in group["params"]) else 0.0)
+        assert len({p.dim() > 1 for p in group["params"]}) == 1
+    assert sum(len(g["params"]) for g in groups) == len(list(bert.parameters()))
+
+
+def test_trainer_unfreezing_is_the_core_schedule_and_resumes_at_the_step_reached() -> None:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from forgetless.integrations.hf.schedules import GradualUnfreezing, StepView
+    from forgetless.training import schedules
+
+    args = TrainingArguments(output_dir="/tmp/unused", report_to=[], use_cpu=True)
+    every, steps = 2, 8
+    callback_model, core_model = GPT2LMHeadModel(tiny_config()), GPT2LMHeadModel(tiny_config())
+    callback, core = GradualUnfreezing(every), schedules.GradualUnfreezing(every)
+    state, control = TrainerState(), TrainerControl()
+    callback.on_train_begin(args, state, control, model=callback_model)
+    core.before_task(StepView(core_model, 0))
+    trace = []
+    for step in range(1, steps + 1):
+        state.global_step = step
+        callback.on_step_end(args, state, control, model=callback_model)
+        core.after_step(StepView(core_model, step), None, None)
+        flags = [p.requires_grad for p in callback_model.parameters()]
+        assert flags == [p.requires_grad for p in core_model.parameters()], step
+        trace.append(flags)
+    assert not all(trace[0]) and all(trace[-1])  # starts from the top, ends fully unfrozen
+    resumed = GPT2LMHeadModel(tiny_config())
+    state.global_step = 5  # a Trainer resumed from checkpoint-5
+    GradualUnfreezing(every).on_train_begin(args, state, control, model=resumed)
+    assert [p.requires_grad for p in resumed.parameters()] == trace[4]

@@ -4,8 +4,10 @@ Layer-wise (discriminative) learning rates (Howard & Ruder 2018, "Universal Lang
 Fine-tuning for Text Classification", Sec. 3.2, Eq. 2): with ``config.layerwise_lr_decay = d``
 the head trains at the base rate and every earlier depth level at ``d`` times the rate of the
 level above it, ``lr_l = lr * d ** (L - 1 - l)`` for level ``l`` of ``L`` (input side first).
-Depth levels come from :func:`layer_groups`: a model's own ``layer_groups()`` method where it has
-one (explicit groups), else a grouping by module path (below).
+Depth levels come from :func:`layer_groups`, the one depth rule of both stacks (the learner's
+models and Hugging Face transformers): a model's own ``layer_groups()`` method where it has one
+(explicit groups), else a transformer's embeddings / numbered blocks / top, else a grouping by
+module path (below).
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ import torch
 from torch import nn
 
 from forgetless.config import RunConfig
+from forgetless.errors import ConfigError
 
 ParamGroups = list[list[nn.Parameter]]
 _HEAD_NAMES = {"head", "heads", "classifier", "lm_head", "score"}
+_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+"""A transformer block's parameters: ``encoder.layer.3.``, ``transformer.h.3.``, ``layers.3.``."""
+_EMBEDDING = re.compile(r"embed|(?:^|\.)(?:wte|wpe)\.")
 
 
 def _level_key(name: str) -> tuple[bool, str]:
@@ -46,6 +52,9 @@ def layer_groups(model: nn.Module) -> ParamGroups:
     own = getattr(model, "layer_groups", None)
     if callable(own):
         return [list(g) for g in own() if len(g)]
+    named = list(model.named_parameters())
+    if any(_BLOCK.search(name) for name, _ in named):
+        return _transformer_levels(named)
     levels: dict[str, list[nn.Parameter]] = {}
     head: list[nn.Parameter] = []
     for name, param in model.named_parameters():
@@ -55,20 +64,51 @@ def layer_groups(model: nn.Module) -> ParamGroups:
     return groups + [head] if head else groups
 
 
-def layerwise_param_groups(groups: ParamGroups, lr: float, decay: float) -> list[dict[str, Any]]:
+def _transformer_levels(named: list[tuple[str, nn.Parameter]]) -> ParamGroups:
+    """A transformer's levels: embeddings, then each numbered block in order, then the rest
+    (final norm, pooler, heads): Howard & Ruder's depth for discriminative fine-tuning."""
+    embeddings: list[nn.Parameter] = []
+    blocks: dict[int, list[nn.Parameter]] = {}
+    top: list[nn.Parameter] = []
+    for name, param in named:
+        if match := _BLOCK.search(name):
+            blocks.setdefault(int(match.group(1)), []).append(param)
+        elif _EMBEDDING.search(name):
+            embeddings.append(param)
+        else:
+            top.append(param)
+    levels = [embeddings, *(blocks[k] for k in sorted(blocks)), top]
+    return [level for level in levels if level]
+
+
+def layerwise_param_groups(
+    groups: ParamGroups, lr: float, decay: float, weight_decay: float | None = None
+) -> list[dict[str, Any]]:
     """Optimizer param groups: ``groups[-1]`` at ``lr``, each earlier one ``decay`` times lower.
 
     ``groups`` runs from the input to the output; a parameter listed twice keeps its first
-    (deepest, i.e. closest to the output) rate.
+    (deepest, i.e. closest to the output) rate. Frozen parameters are kept (they get no
+    gradient, so the optimizer skips them until they are unfrozen). With
+    ``weight_decay``, each level is split into matrices (decayed) and 1-D parameters, biases
+    and norms (not decayed), as ``transformers.Trainer`` does.
     """
+    if not 0.0 < decay <= 1.0:
+        raise ConfigError(f"layerwise_lr_decay must be in (0, 1], got {decay}")
     seen: set[int] = set()
     out: list[dict[str, Any]] = []
     depth = len(groups)
     for level in range(depth - 1, -1, -1):
         params = [p for p in groups[level] if id(p) not in seen]
         seen.update(id(p) for p in params)
-        if params:
-            out.append({"params": params, "lr": lr * decay ** (depth - 1 - level), "level": level})
+        rate = lr * decay ** (depth - 1 - level)
+        if weight_decay is None:
+            parts = [(params, {})]
+        else:
+            parts = [
+                ([p for p in params if p.dim() > 1], {"weight_decay": weight_decay}),
+                ([p for p in params if p.dim() <= 1], {"weight_decay": 0.0}),
+            ]
+        out.extend({"params": part, "lr": rate, "level": level, **extra} for part, extra in parts[::-1] if part)
     return out[::-1]
 
 

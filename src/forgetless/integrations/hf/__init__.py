@@ -29,11 +29,7 @@ from forgetless.integrations.hf.mixing import (
     SplitCollator,
 )
 from forgetless.integrations.hf.penalties import estimate_fisher, ewc_penalty, l2sp_penalty
-from forgetless.integrations.hf.schedules import (
-    GradualUnfreezing,
-    layerwise_adamw,
-    layerwise_param_groups,
-)
+from forgetless.integrations.hf.schedules import GradualUnfreezing, layerwise_adamw
 from forgetless.integrations.hf.tracker import CapabilityTracker
 from forgetless.integrations.hf.trainer import ForgetlessTrainer, ForgettingTrainerMixin
 
@@ -61,7 +57,6 @@ __all__ = [
     "ewc_penalty",
     "l2sp_penalty",
     "layerwise_adamw",
-    "layerwise_param_groups",
     "lm_blocks",
     "load_choices",
     "load_texts",
