@@ -626,3 +626,42 @@ def test_penalty_of_a_bfloat16_model_is_computed_in_float32():
     exact = sum((fisher[n] * (p.detach().float() - anchor[n]).square()).sum() for n, p in model.named_parameters())
     assert value.dtype == torch.float32 and torch.allclose(value.detach(), exact, rtol=1e-5)
     assert all(p.grad.dtype == torch.bfloat16 for p in model.parameters())
+
+
+class _DataDependent(nn.Module):
+    """A model torch.func cannot trace (Python control flow on a tensor's value, as
+    Hugging Face transformers have), with a sequence output [B, T, C]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 6)
+        self.mix = nn.Conv1d(6, 6, 3, padding=1)  # shared across positions: not the identity path
+        self.out = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
+        h = self.embed(x)
+        if float(h.detach().abs().max()) > 0:  # data-dependent: vmap refuses it
+            h = self.mix(h.transpose(1, 2)).transpose(1, 2).tanh()
+        return self.out(h)
+
+
+def test_an_untraceable_sequence_model_falls_back_to_the_loop_with_the_same_fisher() -> None:
+    torch.manual_seed(0)
+    model = _DataDependent()
+    x = torch.randint(0, 11, (7, 4))
+    fast = fisher_diagonal(model, x, kind="sampled", generator=torch.Generator().manual_seed(2))
+    slow = fisher_diagonal(model, x, kind="sampled", generator=torch.Generator().manual_seed(2), method="loop")
+    assert set(fast) == set(slow) == {n for n, _ in model.named_parameters()}
+    for name in fast:
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-5, atol=1e-8)
+    # one sequence by hand: the squared gradient of the NLL summed over its drawn tokens
+    one = fisher_diagonal(model, x[:1], kind="sampled", generator=torch.Generator().manual_seed(4), method="loop")
+    generator = torch.Generator().manual_seed(4)
+    model.eval()
+    logits = model(x[:1])[0]
+    drawn = torch.multinomial(torch.softmax(logits.detach(), -1), 1, generator=generator)[:, 0]
+    nll = -torch.log_softmax(logits, -1)[torch.arange(4), drawn].sum()
+    grad = torch.autograd.grad(nll, model.out.weight)[0]
+    torch.testing.assert_close(one["out.weight"], grad.square(), rtol=1e-5, atol=1e-9)
+    with pytest.raises(ConfigError, match="sampled"):
+        fisher_diagonal(model, x, kind="exact")

@@ -25,9 +25,14 @@ Models are put in ``eval()`` mode while importances are estimated (no dropout; b
 running statistics, so samples do not interact), and restored afterwards. Rows with different
 task ids (multi-head models) are processed per task id, each with an ``int`` id.
 
-The model is called as ``model(x, task_id)`` and must return logits ``[B, C]``; wrap a model
-with another calling convention (e.g. a Hugging Face model taking ``input_ids``) in a small
-``nn.Module`` that does. Public functions: :func:`fisher_diagonal`, :func:`mas_importance`, :func:`per_sample_reduce`
+The model is called as ``model(x, task_id)`` and returns logits ``[B, C]``, or ``[B, T, C]``
+for a sequence model (one sample = one sequence: its objective sums over positions); a model
+with another calling convention (a Hugging Face model taking ``input_ids``) is wrapped in a
+small ``nn.Module`` that does (the fine-tuning capabilities' ``fisher_view``). Models that
+``torch.func`` cannot trace (data-dependent control flow, as Hugging Face transformers have)
+fall back from the vmap path to the per-sample loop: slower, the same values.
+
+Public functions: :func:`fisher_diagonal`, :func:`mas_importance`, :func:`per_sample_reduce`
 (the general engine: sum over samples of ``phi(grad objective_n)``) and :func:`sample_rows`.
 """
 
@@ -204,15 +209,25 @@ def _loop_pass(
     """Reference: one forward and backward per sample and objective (slow, obviously right)."""
     phi = _phi(transform)
     params = {n: p for n, p in model.named_parameters() if n in names}
-    sums = {n: torch.zeros_like(p) for n, p in params.items()}
+    sums = {n: torch.zeros_like(p, dtype=_accumulator(p.dtype)) for n, p in params.items()}
     for i in range(x.shape[0]):
         for fn, aux in objectives:
             value = fn(model(x[i : i + 1], task_id), aux[i : i + 1])[0]
             grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
             for n, g in zip(params, grads, strict=True):
                 if g is not None:
-                    sums[n] += phi(g)
+                    sums[n] += phi(g.to(sums[n].dtype))
     return sums
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """float32 sums for half-precision parameters (their own dtype would lose the small terms)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _untraceable(error: RuntimeError) -> bool:
+    """Whether ``error`` is torch.func's refusal to trace the model (not a real failure)."""
+    return "vmap" in str(error) or "functorch" in str(error)
 
 
 def per_sample_reduce(
@@ -229,13 +244,15 @@ def per_sample_reduce(
 
     ``objectives(logits, rows)`` returns the per-sample objectives of the chunk ``x[rows]``
     (it may draw labels or weights from the chunk's detached logits). ``method``:
-    ``identity`` (Linear layers applied once per sample; other parameters fall back to vmap),
-    ``vmap``, ``loop`` (reference); ``auto`` = ``identity``.
+    ``identity`` (Linear layers applied once per sample; other parameters fall back to vmap,
+    and to the loop where vmap cannot trace the model), ``vmap``, ``loop`` (reference);
+    ``auto`` = ``identity``.
     """
     if method not in ("auto", "identity", "vmap", "loop"):
         raise ConfigError(f"unknown per-sample gradient method {method!r}: use identity, vmap or loop")
     wanted = _named_trainable(model, names)
-    totals = {n: torch.zeros_like(p) for n, p in wanted.items()}
+    traceable = method != "loop"  # False once torch.func failed to trace the model: loop the rest
+    totals = {n: torch.zeros_like(p, dtype=_accumulator(p.dtype)) for n, p in wanted.items()}
     was_training = model.training
     model.eval()
     try:
@@ -251,8 +268,16 @@ def per_sample_reduce(
                     part, leftover, chunk_objectives = _identity_pass(
                         model, xc, task_id, objectives, chunk, transform, wanted
                     )
+                    if leftover and traceable:
+                        try:
+                            part.update(_vmap_pass(model, xc, task_id, chunk_objectives, transform, leftover))
+                            leftover = set()
+                        except RuntimeError as error:
+                            if not _untraceable(error):
+                                raise
+                            traceable = False
                     if leftover:
-                        part.update(_vmap_pass(model, xc, task_id, chunk_objectives, transform, leftover))
+                        part.update(_loop_pass(model, xc, task_id, chunk_objectives, transform, leftover))
                 for n, value in part.items():
                     totals[n] += value
     finally:
@@ -271,7 +296,11 @@ def _rows_per_task(
 
 # -- the importances ------------------------------------------------------------------------
 def _nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, labels, reduction="none")
+    """``-log p(label)`` per sample; a sequence's (``[B, T, C]``) sums over its positions."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, labels, reduction="none")
+    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+    return flat.view(labels.shape).flatten(1).sum(1)
 
 
 def _weighted_nll(logits: torch.Tensor, weights: torch.Tensor, c: int) -> torch.Tensor:
@@ -299,15 +328,19 @@ def fisher_objectives(
     """
 
     def make(logits: torch.Tensor, rows: torch.Tensor) -> list[Objective]:
-        probs = F.softmax(logits, dim=1)
+        probs = F.softmax(logits.float(), dim=-1)
         if kind == "sampled":
-            drawn = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1)
-            drawn = drawn.to(logits.device)
-            return [(_nll, drawn)]
+            flat = probs.reshape(-1, probs.shape[-1]).cpu()
+            drawn = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+            return [(_nll, drawn.to(logits.device))]
         if kind == "empirical":
             if y is None:
                 raise ConfigError("the empirical Fisher needs labels: use fisher='sampled'")
             return [(_nll, y[rows])]
+        if logits.dim() != 2:
+            raise ConfigError(
+                "the exact Fisher sums over every class of one output: use fisher='sampled' for sequences"
+            )
         weights = probs.sqrt()
         live = (probs > 0).any(0).nonzero().flatten().tolist()
         return [(partial(_weighted_nll, c=c), weights[:, c]) for c in live]
@@ -324,6 +357,7 @@ def fisher_diagonal(
     generator: torch.Generator | None = None,
     method: Method = "auto",
     names: Sequence[str] | None = None,
+    chunk_size: int = 512,
 ) -> dict[str, torch.Tensor]:
     """Diagonal Fisher ``1/N sum_n g_n^2`` of ``model`` on inputs ``x`` (see module docstring).
 
@@ -333,7 +367,9 @@ def fisher_diagonal(
         raise ConfigError(f"unknown Fisher kind {kind!r}: use one of {', '.join(FISHER_KINDS)}")
     if x.shape[0] == 0:
         raise ConfigError("cannot estimate a Fisher from 0 samples: give fisher_samples >= 1")
-    sums = per_sample_reduce(model, x, task_ids, fisher_objectives(kind, y, generator), "square", method, names)
+    sums = per_sample_reduce(
+        model, x, task_ids, fisher_objectives(kind, y, generator), "square", method, names, chunk_size
+    )
     return {n: s / x.shape[0] for n, s in sums.items()}
 
 

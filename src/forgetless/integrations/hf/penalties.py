@@ -21,9 +21,12 @@ import torch
 from torch import nn
 
 from forgetless.errors import ConfigError
-from forgetless.integrations.hf.capabilities._io import to_device
 from forgetless.integrations.hf.capabilities.base import Capability
+from forgetless.strategies._fisher import fisher_diagonal, sample_rows
 from forgetless.strategies._penalty import AnchoredPenalty
+
+FISHER_CHUNK = 8
+"""Rows per forward of the Fisher estimate (a transformer's logits are large: ``rows x T x V``)."""
 
 
 def select_parameters(model: nn.Module, modules: Sequence[str] | None = None) -> list[str]:
@@ -75,43 +78,25 @@ def estimate_fisher(
     n_samples: int,
     generator: torch.Generator,
     modules: Sequence[str] | None = None,
-    batch_size: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """Diagonal Fisher over ``n_samples`` rows of the capability's general data.
+    """Diagonal Fisher over ``n_samples`` rows of the capability's general data (float32).
 
-    One float32 accumulator per selected parameter; parameters outside ``modules`` get no
-    gradient at all (they are frozen for the estimate), which is what bounds memory. With
-    ``batch_size=1`` (default) each squared gradient is one sequence's, the exact per-sample
-    Fisher; larger batches square the gradient of a sum (cheaper, an approximation).
+    The core's estimator (:func:`forgetless.strategies._fisher.fisher_diagonal`, ``sampled``:
+    labels or tokens drawn from the model's own distribution, exact per-sample gradients, the
+    batched path where the model allows and the per-sample loop where it does not), on the
+    capability's :meth:`~Capability.fisher_view`. Only the parameters matching ``modules`` get
+    a Fisher; gradients are taken for them alone, which is what bounds memory.
     """
-    rows = capability.replay_rows()
-    if rows is None:
+    view = capability.fisher_view(model)
+    if view is None:
         raise ConfigError(f"capability {capability.name!r} has no data to estimate a Fisher on")
     if n_samples < 1:
         raise ConfigError(f"ewc samples must be >= 1, got {n_samples}")
-    names = set(select_parameters(model, modules))
-    total = next(iter(rows.values())).shape[0]
-    order = torch.randperm(total, generator=generator)[: min(n_samples, total)]
-    params = dict(model.named_parameters())
-    fisher = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
-    frozen = [p for n, p in params.items() if p.requires_grad and n not in names]
-    was_training = model.training
-    model.eval()
+    module, rows = view
+    chosen = sample_rows(rows.shape[0], n_samples, generator)
+    names = [f"model.{name}" for name in select_parameters(model, modules)]
     device = next(model.parameters()).device
-    try:
-        for p in frozen:
-            p.requires_grad_(False)
-        for chunk in order.split(batch_size):
-            batch = to_device({k: v[chunk] for k, v in rows.items()}, device)
-            objective = capability.sampled_nll(model, batch, generator)
-            chosen = [params[n] for n in fisher]
-            grads = torch.autograd.grad(objective, chosen, allow_unused=True)
-            for name, grad in zip(fisher, grads, strict=True):
-                if grad is not None:
-                    fisher[name] += grad.float().square()
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        model.train(was_training)
-    n = len(order)
-    return {name: value / n for name, value in fisher.items()}
+    fisher = fisher_diagonal(
+        module, rows[chosen].to(device), kind="sampled", generator=generator, names=names, chunk_size=FISHER_CHUNK
+    )
+    return {name.removeprefix("model."): value.float() for name, value in fisher.items()}

@@ -94,12 +94,9 @@ class HeadAccuracy(LabelledCapability):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return F.cross_entropy(self.logits(model, inputs), batch["labels"])
 
-    def sampled_nll(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = self.logits(model, inputs)
-        with torch.no_grad():
-            drawn = torch.multinomial(F.softmax(logits.float(), -1).cpu(), 1, generator=generator)
-        return F.cross_entropy(logits, drawn.squeeze(1).to(logits.device), reduction="sum")
+    def fisher_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class logits through the capability's head: the Fisher of its label distribution."""
+        return self.logits(model, batch)
 
     def state_dict(self) -> dict[str, Any]:
         return {"weight": self.weight, "bias": self.bias}

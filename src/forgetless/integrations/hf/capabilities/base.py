@@ -98,9 +98,22 @@ class Capability(ABC):
     def replay_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no replay loss")
 
-    def sampled_nll(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        """``-sum log p(y_hat | x)`` with ``y_hat`` drawn from the model's own distribution."""
-        raise NotImplementedError(f"{self.name} cannot estimate a Fisher")
+    def fisher_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's logits on ``batch`` whose predictive distribution the Fisher is taken
+        of: ``[B, C]`` (classes) or ``[B, T, V]`` (a sequence's next tokens)."""
+        raise ConfigError(f"capability {self.name!r} has no predictive distribution to estimate a Fisher on")
+
+    def fisher_view(self, model: nn.Module) -> tuple[nn.Module, torch.Tensor] | None:
+        """``(module, rows)`` in the calling convention of the core's per-sample engine
+        (:func:`forgetless.strategies._fisher.fisher_diagonal`): ``module(x, task_id)`` gives
+        :meth:`fisher_logits` of the replay rows packed side by side in ``x``; the module's
+        parameters are the model's under the prefix ``model.``. ``None`` without rows."""
+        rows = self.replay_rows()
+        if rows is None:
+            return None
+        inputs = {k: v for k, v in rows.items() if k != "labels"}
+        view = PackedRows(model, self.fisher_logits, {k: v.shape[1] for k, v in inputs.items()})
+        return view, torch.cat(list(inputs.values()), dim=1)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -131,6 +144,20 @@ class LabelledCapability(Capability):
     @classmethod
     def from_texts(cls, name: str, data: TextData, tokenizer: Any, options: KeepOptions) -> Capability:
         return cls(name, *labelled_halves(data, tokenizer, options))
+
+
+class PackedRows(nn.Module):
+    """``forward(x, task_id)``: unpack the named row tensors of ``x`` and return ``logits_of``."""
+
+    def __init__(self, model: nn.Module, logits_of: Any, widths: dict[str, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.logits_of = logits_of
+        self.widths = widths
+
+    def forward(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
+        batch = dict(zip(self.widths, x.split(list(self.widths.values()), dim=1), strict=True))
+        return self.logits_of(self.model, batch)
 
 
 def labelled_halves(

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from forgetless.integrations.hf.capabilities._io import EvalMode, device_of, lm_blocks, token_nll
@@ -61,12 +60,6 @@ class Perplexity(Capability):
         ids = batch["input_ids"]
         return model(input_ids=ids, labels=ids).loss
 
-    def sampled_nll(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        ids = batch["input_ids"]
-        logits = model(input_ids=ids).logits[:, :-1].float()
-        with torch.no_grad():
-            probs = F.softmax(logits, dim=-1).reshape(-1, logits.shape[-1]).cpu()
-            drawn = torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), drawn.to(logits.device).reshape(-1), reduction="sum"
-        )
+    def fisher_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token logits ``[B, T-1, V]``: the Fisher of the LM's own token distribution."""
+        return model(input_ids=batch["input_ids"]).logits[:, :-1]
