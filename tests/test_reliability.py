@@ -603,14 +603,14 @@ def test_fuzz_cli_never_shows_a_traceback(
 def test_deferred_nan_check_names_the_first_bad_step(every: int) -> None:
     """The accelerator path (flag kept on the device, read every k steps) reports the same step.
 
-    Forced on CPU by setting ``nan_check_every``; the end-of-task check catches a NaN that falls
+    Forced on CPU by setting ``nonfinite.check_every``; the end-of-task check catches a NaN that falls
     between two reads.
     """
     config = make_config(benchmark="split-digits", scenario="class", epochs=1, hidden=[16], tasks=5, batch_size=16)
     scenario = build_scenario("split-digits", "class", 5, seed=0)
     model = build_model("mlp", scenario.input_shape, scenario.head_sizes, False, [16])
     learner = Learner(scenario, model, [_NanAtTask2()], config)
-    learner.nan_check_every = every
+    learner.nonfinite.check_every = every
     with pytest.raises(NumericalError, match=r"loss became nan at task 2, step 3 "):
         learner.run()
     assert len(learner.rows) == 2  # the completed tasks' rows are kept

@@ -4,9 +4,9 @@ Two levels:
 
 * in-process: every checkpoint of an uninterrupted run is kept; a fresh learner restored from
   several of them (mid-epoch, epoch end, task end, last) must reproduce the reference matrix;
-* end-to-end (slow): the CLI in a subprocess is SIGKILLed at several points (the test-only hook
-  ``FORGETLESS_TEST_KILL_AT_STEP``), resumed with ``forgetless run --resume DIR``, and its
-  ``metrics.json`` must equal the uninterrupted run's.
+* end-to-end (slow): the CLI in a subprocess is SIGKILLed at several points (injected from
+  outside the package by ``tests/faulty_cli.py``), resumed with ``forgetless run --resume DIR``,
+  and its ``metrics.json`` must equal the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -147,11 +147,15 @@ def test_tree_round_trip_keeps_types() -> None:
 
 
 # -- end to end: the CLI killed with SIGKILL and resumed -------------------------------------
+FAULTY_CLI = str(Path(__file__).with_name("faulty_cli.py"))
+KILL_AT_STEP, KILL_SIGNAL, KILL_IN_CHECKPOINT = "FAULT_KILL_AT_STEP", "FAULT_SIGNAL", "FAULT_KILL_IN_CHECKPOINT"
+
+
 def _cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FORGETLESS_TEST_")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FAULT_")}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "forgetless.cli.main", *args],
+        [sys.executable, FAULTY_CLI, *args],
         capture_output=True,
         text=True,
         env=full_env,
@@ -207,10 +211,10 @@ def _killed_chain(args: list[str], out: Path, kills: list[int]) -> list[str]:
     Returns where each resume started from (``resuming ... from ...`` lines).
     """
     resumed_from = []
-    first = _cli(args, {ckpt.KILL_AT_STEP_ENV: str(kills[0])})
+    first = _cli(args, {KILL_AT_STEP: str(kills[0])})
     assert first.returncode == -signal.SIGKILL, first.stderr
     for steps in [*kills[1:], None]:
-        env = {ckpt.KILL_AT_STEP_ENV: str(steps)} if steps else {}
+        env = {KILL_AT_STEP: str(steps)} if steps else {}
         step = _cli(["run", "--resume", str(out), "--threads", "1"], env)
         resumed_from += [line for line in step.stdout.splitlines() if line.startswith("resuming")]
         if steps:
@@ -246,7 +250,7 @@ def test_kill_inside_checkpoint_write_keeps_previous(tmp_path: Path) -> None:
     args = _cli_args("naive", "class", tmp_path / "reference")
     assert _cli(args).returncode == 0
     out = tmp_path / "killed"
-    first = _cli(_cli_args("naive", "class", out), {ckpt.KILL_IN_CHECKPOINT_ENV: "7"})
+    first = _cli(_cli_args("naive", "class", out), {KILL_IN_CHECKPOINT: "7"})
     assert first.returncode == -signal.SIGKILL
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".checkpoint.tmp")]
     assert leftovers, "the kill should have happened inside the write"
@@ -263,10 +267,10 @@ def test_finished_runs_are_not_rerun(tmp_path: Path) -> None:
     assert _cli(_cli_args("naive,ewc", "class", reference, seeds=2)).returncode == 0
     out = tmp_path / "killed"
     args = _cli_args("naive,ewc", "class", out, seeds=2)
-    assert _cli(args, {ckpt.KILL_AT_STEP_ENV: "130"}).returncode == -signal.SIGKILL
+    assert _cli(args, {KILL_AT_STEP: "130"}).returncode == -signal.SIGKILL
     before = json.loads((out / "metrics.json").read_text())["runs"]
     assert list(before) == ["naive"] and len(before["naive"]) == 1
-    resumed = _cli(["run", "--resume", str(out)], {ckpt.KILL_AT_STEP_ENV: "150"})
+    resumed = _cli(["run", "--resume", str(out)], {KILL_AT_STEP: "150"})
     assert resumed.returncode == -signal.SIGKILL
     assert _cli(["run", "--resume", str(out)]).returncode == 0
     after = json.loads((out / "metrics.json").read_text())["runs"]
@@ -292,7 +296,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> Non
     reference = tmp_path / "reference"
     assert _cli(_cli_args("ewc", "class", reference)).returncode == 0
     out = tmp_path / "interrupted"
-    env = {ckpt.KILL_AT_STEP_ENV: "23", ckpt.KILL_SIGNAL_ENV: "INT"}
+    env = {KILL_AT_STEP: "23", KILL_SIGNAL: "INT"}
     stopped = _cli(_cli_args("ewc", "class", out), env)
     assert stopped.returncode == 130, stopped.stderr
     assert f"forgetless run --resume {out}" in stopped.stderr
@@ -309,7 +313,7 @@ def test_external_sigint_during_training(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = _cli_args("naive", "class", out)
     args[args.index("--epochs") + 1] = "400"  # far longer than the signal takes to arrive
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGETLESS_TEST_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAULT_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "forgetless.cli.main", *args],
         stdout=subprocess.PIPE,

@@ -30,15 +30,14 @@ line instead of resuming into different results.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from forgetless.errors import ForgetlessError
 from forgetless.io import atomic_folder, readable_folder, write_synced
@@ -51,12 +50,6 @@ MANIFEST = "manifest.json"
 CHECKPOINT = "checkpoint"
 """Name of the checkpoint folder inside a run folder."""
 
-KILL_AT_STEP_ENV = "FORGETLESS_TEST_KILL_AT_STEP"
-"""Test only: send a signal to this process after its N-th optimizer step (see test_hooks)."""
-KILL_SIGNAL_ENV = "FORGETLESS_TEST_KILL_SIGNAL"
-"""Test only: the signal of KILL_AT_STEP_ENV, ``KILL`` (default) or ``INT`` (a Ctrl-C)."""
-KILL_IN_CHECKPOINT_ENV = "FORGETLESS_TEST_KILL_IN_CHECKPOINT"
-"""Test only: SIGKILL this process while it writes its N-th checkpoint (before the rename)."""
 
 _RESERVED = ("__tensor__", "__ndarray__", "__tuple__", "__dict__")
 _PICKLE_PREFIXES = (b"\x80", b"PK\x03\x04")
@@ -306,9 +299,6 @@ class Checkpoint:
         return f"the start of task {loop.get('task_index', 0)} of {strategy} (seed {seed})"
 
 
-_kills: dict[str, int] = {"checkpoints": 0}
-
-
 def save_checkpoint(
     run_dir: Path,
     model_state: dict[str, torch.Tensor],
@@ -333,7 +323,6 @@ def save_checkpoint(
         write_tree(tmp, "learner", parts)
         write_tree(tmp, "experiment", experiment)
         write_manifest(tmp)
-        _test_kill_in_checkpoint()
     return target
 
 
@@ -382,16 +371,6 @@ def verify_manifest(folder: Path) -> None:
                 f"checkpoint file {target} does not match the SHA-256 recorded when it was written "
                 f"(changed or corrupted since): refusing to resume from it; {restart}"
             )
-
-
-def _test_kill_in_checkpoint() -> None:
-    """Test-only hook (FORGETLESS_TEST_KILL_IN_CHECKPOINT=N): die inside the N-th write."""
-    wanted = os.environ.get(KILL_IN_CHECKPOINT_ENV)
-    if not wanted:
-        return
-    _kills["checkpoints"] += 1
-    if _kills["checkpoints"] == int(wanted):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:
@@ -495,3 +474,170 @@ def runs_from_metrics(run_dir: Path) -> list[RunResult]:
         return out
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path} is corrupt ({error}): cannot tell which runs finished") from None
+
+
+# -- schema of the JSON parts ---------------------------------------------------------------
+def _is_tensor(value: Any) -> Any:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"expected a tensor, got {type(value).__name__}")
+    return value
+
+
+Tensor = Annotated[Any, AfterValidator(_is_tensor)]
+Count = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class _Part(BaseModel):
+    """Types are checked strictly (no "3" for 3); keys beyond the schema are kept."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _RunKey(_Part):
+    strategy: str = Field(min_length=1)
+    seed: Count
+
+
+class _RunRecord(_RunKey):
+    matrix: Tensor
+    baseline: Tensor
+    train_seconds: list[Seconds]
+    eval_seconds: Seconds
+    steps: list[Count]
+    report: dict[str, Any]
+    stopped_early: list[Annotated[list[Count], Field(min_length=2, max_length=2)]]
+
+
+class _ExperimentPart(_Part):
+    run: _RunKey
+    completed: list[_RunRecord] = Field(default_factory=list)
+    config: dict[str, Any]
+
+
+class _Loop(_Part):
+    task_index: Count
+    in_task: bool
+    step: Count
+    global_step: Count
+    active: Count | list[Count] | None = None
+    trainable: list[bool]
+    epoch: Count | None = None
+    position: Count | None = None
+    elapsed: Seconds | None = None
+
+
+class _Result(_Part):
+    baseline: Tensor
+    rows: list[Tensor]
+    train_seconds: list[Seconds]
+    eval_seconds: Seconds
+    steps: list[Count]
+    stopped_early: list[Annotated[list[Count], Field(min_length=2, max_length=2)]]
+
+
+class _LearnerPart(_Part):
+    strategy_names: list[str]
+    loop: _Loop
+    order: Tensor | None = None
+    rng: dict[str, Any]
+    extras: dict[str, Any] = Field(default_factory=dict)
+    result: _Result
+
+
+def _schema_error(folder: Path, name: str, error: ValidationError) -> CheckpointError:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "top level"
+        parts.append(f"{where}: {' '.join(item['msg'].split())}")
+    return _invalid(folder, name, "; ".join(parts))
+
+
+def _invalid(folder: Path, name: str, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint file {folder / name} is invalid ({problem}): "
+        "delete the checkpoint folder to restart this run from scratch"
+    )
+
+
+def validate_checkpoint(saved: Checkpoint) -> Checkpoint:
+    """Check every JSON part of a loaded checkpoint before it is used: types, required keys,
+    the loop position within its task, the strategies against the config. One line naming the
+    file and the field for each violation (:class:`CheckpointError`).
+
+    The manifest (:func:`verify_manifest`) already proves the files are those written; this
+    proves what they say is a state the learner can continue from.
+    """
+    folder = saved.folder
+    try:
+        experiment = _ExperimentPart.model_validate(saved.experiment)
+    except ValidationError as error:
+        raise _schema_error(folder, "experiment.json", error) from None
+    config = experiment.config
+    strategies, tasks, epochs = config.get("strategies"), config.get("tasks"), config.get("epochs")
+    batch_size = config.get("batch_size")
+    if not (isinstance(strategies, list) and all(isinstance(s, str) for s in strategies)):
+        raise _invalid(folder, "experiment.json", "config.strategies: expected a list of names")
+    for field_name, value in (("tasks", tasks), ("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _invalid(folder, "experiment.json", f"config.{field_name}: expected a positive integer, got {value!r}")
+    if experiment.run.strategy not in strategies:
+        raise _invalid(
+            folder, "experiment.json", f"run.strategy: {experiment.run.strategy!r} is not one of config.strategies {strategies}"
+        )
+    for index, record in enumerate(experiment.completed):
+        where = f"completed.{index}"
+        if record.strategy not in strategies:
+            raise _invalid(folder, "experiment.json", f"{where}.strategy: {record.strategy!r} is not in config.strategies")
+        if tuple(record.matrix.shape) != (tasks, tasks) or tuple(record.baseline.shape) != (tasks,):
+            raise _invalid(
+                folder,
+                "experiment.json",
+                f"{where}.matrix: shape {tuple(record.matrix.shape)} and baseline {tuple(record.baseline.shape)} "
+                f"for {tasks} tasks",
+            )
+
+    learner_state = {k: v for k, v in saved.learner.items() if k not in ("model", "strategies", "optimizer")}
+    try:
+        learner = _LearnerPart.model_validate(learner_state)
+    except ValidationError as error:
+        raise _schema_error(folder, "learner.json", error) from None
+    loop = learner.loop
+    combination = experiment.run.strategy.split("+")
+    if learner.strategy_names[: len(combination)] != combination:
+        raise _invalid(
+            folder, "learner.json", f"strategy_names: {learner.strategy_names} do not begin with run {combination}"
+        )
+    states = saved.learner.get("strategies")
+    if not isinstance(states, list) or len(states) != len(learner.strategy_names):
+        count = len(states) if isinstance(states, list) else type(states).__name__
+        raise _invalid(folder, "strategies.json", f"{count} states for strategies {learner.strategy_names}")
+    if loop.task_index > tasks or (loop.in_task and loop.task_index >= tasks):
+        raise _invalid(folder, "learner.json", f"loop.task_index: {loop.task_index} is past the run's {tasks} tasks")
+    rows = learner.result.rows
+    if len(rows) != loop.task_index or any(tuple(r.shape) != (tasks,) for r in rows):
+        raise _invalid(
+            folder, "learner.json", f"result.rows: {len(rows)} rows of accuracies at task {loop.task_index} of {tasks}"
+        )
+    if tuple(learner.result.baseline.shape) != (tasks,):
+        raise _invalid(folder, "learner.json", f"result.baseline: shape {tuple(learner.result.baseline.shape)}")
+    if loop.in_task:
+        missing = [k for k in ("epoch", "position", "elapsed") if getattr(loop, k) is None]
+        if missing:
+            raise _invalid(folder, "learner.json", f"loop: a checkpoint inside a task needs {', '.join(missing)}")
+        order = learner.order
+        if order is None or order.ndim != 1 or order.is_floating_point() or order.dtype == torch.bool:
+            raise _invalid(folder, "learner.json", "order: a checkpoint inside a task needs the epoch's permutation")
+        batches = -(-int(order.shape[0]) // batch_size)
+        if loop.epoch >= epochs:
+            raise _invalid(folder, "learner.json", f"loop.epoch: {loop.epoch} is past the run's {epochs} epochs")
+        if loop.position > batches:
+            raise _invalid(
+                folder, "learner.json", f"loop.position: batch {loop.position} of an epoch of {batches} batches"
+            )
+        if loop.step > epochs * batches:
+            raise _invalid(folder, "learner.json", f"loop.step: {loop.step} past the task's {epochs * batches} steps")
+        optimizer = saved.learner.get("optimizer")
+        if not isinstance(optimizer, dict) or not isinstance(optimizer.get("optimizer"), dict):
+            raise _invalid(folder, "optimizer.json", "a checkpoint inside a task needs the optimizer state")
+    return saved

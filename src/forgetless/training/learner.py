@@ -14,8 +14,6 @@ would have seen (same permutation, same position, same generator state).
 from __future__ import annotations
 
 import math
-import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -29,11 +27,11 @@ from torch import nn
 
 from forgetless.config import RunConfig
 from forgetless.data.scenarios import Scenario
-from forgetless.errors import NumericalError
 from forgetless.models.heads import IncrementalHead
 from forgetless.strategies.base import Batch, Strategy, TrainingContext, TrainingSet
 from forgetless.training import checkpoint as ckpt
 from forgetless.training.evaluation import task_accuracies
+from forgetless.training.nonfinite import NonFiniteWatch
 from forgetless.training.optim import build_optimizer, build_scheduler
 from forgetless.training.result import RunResult
 
@@ -44,10 +42,6 @@ OnCheckpoint = Callable[[dict[str, Any]], None]
 """``on_checkpoint(state)``: persist :meth:`Learner.checkpoint_state` (the experiment does)."""
 
 _NEVER = sys.maxsize
-NAN_CHECK_EVERY = 64
-"""On an accelerator, steps between host reads of the non-finite-loss flag (see ``_watch_loss``)."""
-_process_steps = [0]
-"""Optimizer steps finished by the learners of this process before the current one (test hook)."""
 
 
 @dataclass
@@ -122,13 +116,7 @@ class Learner:
         self._resume: _ResumePoint | None = None
         self._interrupted = False
         self._next_event = _NEVER
-        self._kill_at = _NEVER
-        self._kill_signal = signal.SIGKILL
-        self.nan_check_every = 1 if self.device.type == "cpu" else NAN_CHECK_EVERY
-        """Steps between host reads of the non-finite-loss flag (1: every step, free on CPU;
-        on an accelerator each read is a synchronisation, so the flag is kept on the device)."""
-        self._first_nonfinite: torch.Tensor | None = None
-        self._read_test_hooks()
+        self.nonfinite = NonFiniteWatch(self.device, self._nonfinite_message)
 
     @property
     def model(self) -> nn.Module:
@@ -171,16 +159,12 @@ class Learner:
         A learner restored with :meth:`load_checkpoint` continues where the checkpoint was taken.
         """
         scenario = self.scenario
-        first_step = self.ctx.global_step
         if not self._restored:
             first = scenario.active_outputs[0] if scenario.active_outputs else None
             self._set_active_outputs(first)
             self.result.baseline = self.evaluate()
-        try:
-            for task_index in range(len(self.rows), scenario.num_tasks):
-                self.train_task(task_index, progress)
-        finally:
-            _process_steps[0] += self.ctx.global_step - first_step
+        for task_index in range(len(self.rows), scenario.num_tasks):
+            self.train_task(task_index, progress)
         return self.result
 
     def request_interrupt(self) -> None:
@@ -245,7 +229,7 @@ class Learner:
                     break
             if stop:
                 break
-        self._check_finite()
+        self.nonfinite.check()
         for strategy in self.strategies:
             strategy.after_task(ctx)
         self.result.train_seconds.append(time.perf_counter() - started)
@@ -261,21 +245,12 @@ class Learner:
             raise ckpt.RunInterrupted(f"Ctrl-C after task {task_index} of {self.name}")
 
     # -- checkpoints -----------------------------------------------------------------------
-    def _read_test_hooks(self) -> None:
-        """Test-only fault injection (see :data:`checkpoint.KILL_AT_STEP_ENV`); off by default."""
-        wanted = os.environ.get(ckpt.KILL_AT_STEP_ENV)
-        if wanted:
-            self._kill_at = int(wanted) - _process_steps[0] + self.ctx.global_step
-            if os.environ.get(ckpt.KILL_SIGNAL_ENV, "KILL").upper() == "INT":
-                self._kill_signal = signal.SIGINT
-
     def _schedule_next_event(self) -> None:
-        """The global step at which the loop must next look up: checkpoint, interrupt, test."""
+        """The global step at which the loop must next look up: a checkpoint or an interrupt."""
         ctx, every = self.ctx, self.config.checkpoint_every
-        candidates = [self._kill_at] if self._kill_at > ctx.global_step else []
+        self._next_event = _NEVER
         if every and self.on_checkpoint is not None:
-            candidates.append(ctx.global_step + every - ctx.step % every)
-        self._next_event = min(candidates, default=_NEVER)
+            self._next_event = ctx.global_step + every - ctx.step % every
         if self._interrupted:
             self._next_event = 0
 
@@ -291,10 +266,7 @@ class Learner:
     ) -> None:
         """A mid-task checkpoint (every ``checkpoint_every`` steps, or on Ctrl-C)."""
         ctx, every = self.ctx, self.config.checkpoint_every
-        self._check_finite()  # never checkpoint weights a non-finite step has touched
-        if ctx.global_step == self._kill_at:
-            self._kill_at = _NEVER
-            os.kill(os.getpid(), self._kill_signal)
+        self.nonfinite.check()  # never checkpoint weights a non-finite step has touched
         due = self._interrupted or bool(every and ctx.step % every == 0)
         # a step that stopped the task is followed at once by the end-of-task checkpoint
         if due and not stop and self.on_checkpoint is not None:
@@ -394,7 +366,6 @@ class Learner:
         if self.rows:
             self._finish_matrix()
         self._restored = True
-        self._read_test_hooks()
         if loop["in_task"]:
             optimizer = state["optimizer"] or {}
             self._resume = _ResumePoint(
@@ -456,7 +427,7 @@ class Learner:
             term = strategy.loss(ctx, batch, logits)
             if term is not None:
                 loss = loss + term
-        self._watch_loss(loss.detach())
+        self.nonfinite.watch(loss.detach(), ctx.step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if hooks["project_gradient"]:
@@ -473,40 +444,8 @@ class Learner:
             stop = bool(strategy.after_step(ctx, batch, logits)) or stop
         return stop
 
-    def _watch_loss(self, loss: torch.Tensor) -> None:
-        """Stop at a non-finite loss; on an accelerator, without a host sync every step.
-
-        There the first bad ``(step, value)`` is recorded on the device and read every
-        ``nan_check_every`` steps and before any checkpoint or evaluation (:meth:`_check_finite`),
-        so the error still names the step where it happened.
-        """
-        step = self.ctx.step
-        if self.nan_check_every <= 1:
-            if not torch.isfinite(loss):
-                self._raise_nonfinite(step, float(loss))
-            return
-        if self._first_nonfinite is None:
-            # float32, not float64: MPS has no float64; steps are exact in float32 up to 2^24
-            self._first_nonfinite = torch.tensor([-1.0, 0.0], dtype=torch.float32, device=loss.device)
-        record = self._first_nonfinite
-        fresh = ~torch.isfinite(loss) & (record[0] < 0)
-        entry = torch.stack([torch.full_like(record[0], step), loss.to(torch.float32)])
-        self._first_nonfinite = torch.where(fresh, entry, record)
-        if (step + 1) % self.nan_check_every == 0:
-            self._check_finite()
-
-    def _check_finite(self) -> None:
-        """Raise if a watched step had a non-finite loss (a host read of the device flag)."""
-        record = self._first_nonfinite
-        if record is None:
-            return
-        step, value = record.tolist()
-        if step >= 0:
-            self._first_nonfinite = None
-            self._raise_nonfinite(int(step), value)
-
-    def _raise_nonfinite(self, step: int, value: float) -> None:
-        raise NumericalError(
+    def _nonfinite_message(self, step: int, value: float) -> str:
+        return (
             f"the loss became {value} at task {self.ctx.task_index}, step {step} "
             f"({self.name}): lower the learning rate (--lr) or the strategy's weight "
             f"(e.g. --set ewc.ewc_lambda=...); results of completed tasks were kept"
