@@ -22,18 +22,12 @@ from forgetless.training.experiment import ExperimentResult
 
 def _run_record(result: ExperimentResult, name: str, index: int) -> dict[str, Any]:
     run = result.runs[name][index]
+    record = run.to_record()
     return {
-        "seed": run.seed,
+        "seed": record.pop("seed"),
         "metrics": summarize(run.matrix, run.baseline, result.joint_reference(index)),
-        "accuracy_matrix": run.matrix.round(6).tolist(),
-        "random_init_accuracy": run.baseline.round(6).tolist(),
         "forgetting_per_task": forgetting_per_task(run.matrix).round(6).tolist(),
-        "train_seconds_per_task": [round(s, 4) for s in run.train_seconds],
-        "eval_seconds": round(run.eval_seconds, 4),
-        "wall_seconds": round(run.wall_seconds, 4),
-        "steps_per_task": run.steps,
-        "stopped_early": {str(k): v for k, v in run.stopped_early.items()},
-        "report": run.report,
+        **record,
     }
 
 
