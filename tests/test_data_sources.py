@@ -267,10 +267,18 @@ def test_lookup_order(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_folder_needs_every_file(isolated: Path) -> None:
+    """An incomplete --data-dir is an error naming the missing files, never completed from (or
+    silently replaced by) another location's copy; a folder without any of them is skipped."""
     write_mnist_like(isolated / "system" / "mnist")
     (isolated / "partial").mkdir()
     write_idx(isolated / "partial" / IDX_FILES[0], np.zeros((1, 28, 28)))
-    found = files.find_dataset_files("mnist", list(IDX_FILES), isolated / "partial", False)
+    with pytest.raises(DataError) as info:
+        files.find_dataset_files("mnist", list(IDX_FILES), isolated / "partial", False)
+    message = str(info.value)
+    assert "\n" not in message and str(isolated / "partial") in message and "--data-dir" in message
+    assert all(name in message.split("lacks", 1)[1] for name in IDX_FILES[1:])
+    (isolated / "empty").mkdir()
+    found = files.find_dataset_files("mnist", list(IDX_FILES), isolated / "empty", False)
     assert found == isolated / "system" / "mnist"
 
 

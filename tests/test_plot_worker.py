@@ -12,9 +12,7 @@ from forgetless.reports import plots
 from forgetless.reports.plot_worker import PlotWorker
 
 MATRICES = {"naive": np.eye(3), "er": np.tril(np.full((3, 3), 0.8))}
-SUMMARY = {
-    name: {key: {"mean": 0.5, "std": 0.1} for key in ("acc", "bwt", "forgetting")} for name in MATRICES
-}
+SUMMARY = {name: {key: {"mean": 0.5, "std": 0.1} for key in ("acc", "bwt", "forgetting")} for name in MATRICES}
 PNGS = ("accuracy_matrix.png", "accuracy_curves.png", "strategies.png")
 
 

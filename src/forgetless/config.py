@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from forgetless.errors import ConfigError
+
+MAX_SEED = 2**63 - 1
+"""The largest seed: torch generators and numpy take 64-bit seeds, and seeds travel as int64."""
 
 DEFAULT_STRATEGIES = ("naive", "ewc", "er", "joint")
 """What ``forgetless run`` compares by default: the disease (naive fine-tuning), one regularizer
@@ -23,7 +27,7 @@ class RunConfig(BaseModel):
     ``{"ewc": {"ewc_lambda": 100}}`` (``--set ewc.ewc_lambda=100`` on the command line).
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     benchmark: str = "split-digits"
     scenario: Literal["task", "domain", "class"] | None = None
@@ -31,7 +35,7 @@ class RunConfig(BaseModel):
     seeds: int = Field(1, ge=1, le=1000)
     seed: int = Field(0, ge=0)
     tasks: int | None = Field(None, ge=1, le=1000)
-    class_order_seed: int | None = None
+    class_order_seed: int | None = Field(None, ge=0)
     epochs: int | None = Field(None, ge=1, le=10_000)
     batch_size: int = Field(128, ge=1, le=1_000_000)
     eval_batch_size: int = Field(4096, ge=1)
@@ -44,6 +48,9 @@ class RunConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0)
     model: Literal["mlp", "cnn"] | None = None
     hidden: list[int] | None = None
+    init: Literal["pytorch", "xavier"] = "pytorch"
+    """Weight initialisation (forgetless.models.init): PyTorch's default or Xavier-uniform with
+    zero biases, the peers' (Mammoth's) choice; it matters with plain SGD, not with Adam."""
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, le=1024)
     data_dir: Path | None = None
@@ -72,6 +79,43 @@ class RunConfig(BaseModel):
             raise ValueError("hidden widths must be a non-empty list of positive integers")
         return value
 
+    @field_validator("seed")
+    @classmethod
+    def _seeds_fit(cls, value: int, info: ValidationInfo) -> int:
+        count = info.data.get("seeds", 1)
+        if value + count - 1 > MAX_SEED:
+            which = f"seeds {value}..{value + count - 1} go" if count > 1 else f"{value} is"
+            raise ValueError(
+                f"{which} past the largest seed {MAX_SEED} (2**63-1: torch and numpy seeds are 64-bit): "
+                "choose a smaller --seed" + (" or fewer --seeds" if count > 1 else "")
+            )
+        return value
+
+    @field_validator("class_order_seed")
+    @classmethod
+    def _class_order_seed_fits(cls, value: int | None) -> int | None:
+        if value is not None and value > MAX_SEED:
+            raise ValueError(f"{value} is past the largest seed {MAX_SEED} (2**63-1): choose a smaller one")
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, fields in value.items():
+            for field, item in fields.items():
+                if not isinstance(field, str):
+                    raise ValueError(
+                        f"parameter {field!r} of {name!r} is a {type(field).__name__}: parameter names are strings, "
+                        f"e.g. params: {{{name}: {{ewc_lambda: 100}}}}"
+                    )
+                bad = _non_finite(item)
+                if bad is not None:
+                    raise ValueError(
+                        f"{name}.{field} is {bad}: hyperparameters must be finite numbers (a NaN or infinite "
+                        "value makes the loss NaN and is not stored in config.yaml); give a finite value"
+                    )
+        return value
+
     @field_validator("strategies")
     @classmethod
     def _no_empty_names(cls, value: list[str]) -> list[str]:
@@ -79,6 +123,20 @@ class RunConfig(BaseModel):
         if any(not n or any(not part.strip() for part in n.split("+")) for n in names):
             raise ValueError("strategy names must be non-empty, e.g. naive,ewc or ewc+er")
         return names
+
+
+def _non_finite(value: Any) -> str | None:
+    """``"inf"``/``"nan"`` (as written) where ``value`` is or holds a non-finite float, else ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            bad = _non_finite(item)
+            if bad is not None:
+                return bad
+    return None
 
 
 def _plain(name: str) -> bool:
@@ -90,7 +148,8 @@ def describe_validation_error(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         field = ".".join(p if _plain(p) else repr(p) for p in map(str, item["loc"])) or "config"
-        parts.append(f"{field}: {' '.join(item['msg'].split())}")
+        message = " ".join(item["msg"].split()).removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
     return "invalid configuration: " + "; ".join(parts)
 
 
@@ -118,7 +177,30 @@ def load_config_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
+    where = _non_string_key(data)
+    if where is not None:
+        raise ConfigError(
+            f"config file {path}: key {where} is not a name: every key must be a field or parameter name "
+            "(quote it if it is meant as text)"
+        )
     return data
+
+
+def _non_string_key(data: Any, prefix: str = "") -> str | None:
+    """The dotted path of the first non-string mapping key in ``data`` (YAML ``1:`` or ``true:``)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if not isinstance(key, str):
+                return f"{prefix}{key!r}"
+            found = _non_string_key(value, f"{prefix}{key}.")
+            if found is not None:
+                return found
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found = _non_string_key(value, f"{prefix}{index}.")
+            if found is not None:
+                return found
+    return None
 
 
 def dump_config(config: RunConfig) -> str:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from forgetless.errors import OutputError
+from forgetless.errors import ForgetlessError, OutputError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -153,15 +153,54 @@ def _holds_results(path: Path) -> bool:
     return any(entry.name != "config.yaml" for entry in path.iterdir())
 
 
+def _limit(folder: Path, name: str, default: int) -> int:
+    """``os.pathconf`` of the nearest existing folder above ``folder`` (``default`` where unknown)."""
+    for candidate in (folder, *folder.parents):
+        try:
+            if candidate.is_dir():
+                return int(os.pathconf(candidate, name))
+        except (OSError, ValueError, AttributeError):
+            break
+    return default
+
+
+def check_path_length(path: Path, option: str, extra: int = 64, error: type[ForgetlessError] = OutputError) -> None:
+    """A one-line error (``OutputError`` unless told) where ``path`` cannot exist on its file system: a component
+    longer than ``PC_NAME_MAX`` or a whole path longer than ``PC_PATH_MAX`` (less ``extra``
+    characters for the files written inside it, e.g. ``checkpoint/.tmp-…/model.safetensors``)."""
+    path = Path(path)
+    absolute = Path(os.path.abspath(path))
+    name_max = _limit(absolute.parent, "PC_NAME_MAX", 255)
+    for part in absolute.parts:
+        if len(os.fsencode(part)) > name_max:
+            shown = part if len(part) <= 40 else part[:20] + "…" + part[-10:]
+            raise error(
+                f"{option} {shown!r}: a folder or file name of {len(os.fsencode(part))} bytes, longer than the "
+                f"{name_max} this file system allows: choose a shorter name"
+            )
+    path_max = _limit(absolute.parent, "PC_PATH_MAX", 4096)
+    length = len(os.fsencode(str(absolute)))
+    if length + extra > path_max:
+        raise error(
+            f"{option} is a path of {length} bytes; with the files written inside it, it would pass the "
+            f"{path_max} this system allows: choose a shorter path"
+        )
+
+
 def prepare_run_dir(path: Path, force: bool = False) -> Path:
     """Create the run folder; refuse a non-empty existing one unless ``force``.
 
     Checked *before* any training, so no computed result is ever lost to a bad ``--out``.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    check_path_length(path, "--out")
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as error:  # a component that is a file, a loop of links, ...
+        raise _output_error(path, error) from None
+    if exists and not is_dir:
         raise OutputError(f"--out {path} is a file, not a folder: choose another path")
-    if path.is_dir() and not force and _holds_results(path):
+    if is_dir and not force and _holds_results(path):
         raise OutputError(f"--out {path} already holds a run: choose another folder or pass --force to overwrite")
     try:
         path.mkdir(parents=True, exist_ok=True)

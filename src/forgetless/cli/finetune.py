@@ -144,14 +144,27 @@ def finetune(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     out: Path = typer.Option(..., help="report folder"),
     save_model: bool = typer.Option(False, "--save-model", help="also save the fine-tuned model to OUT/model"),
+    force: bool = typer.Option(False, "--force", help="overwrite a report already in --out"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Fine-tune a transformer on a task while measuring (and limiting) what it forgets."""
     needs_hf()
     from pydantic import ValidationError
 
-    from forgetless.integrations.hf.finetune import FinetuneConfig, run_finetune, write_report
+    from forgetless.integrations.hf.finetune import FinetuneConfig, check_out, run_finetune, write_report
 
+    check_numbers(
+        seed,
+        {
+            "lr": lr,
+            "weight-decay": weight_decay,
+            "l2sp": l2sp,
+            "ewc": ewc,
+            "replay-ratio": replay_ratio,
+            "layerwise-lr-decay": layerwise_lr_decay,
+            "stop-if-drop": stop_if_drop,
+        },
+    )
     if threads:
         import torch
 
@@ -191,6 +204,7 @@ def finetune(
     except ValidationError as error:
         first = error.errors()[0]
         raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    check_out(out, save_model, force=force)
     live = LiveProgress(quiet)
     with live.progress:
         live.start_run("+".join(cfg.mitigations()), cfg.steps)
@@ -202,6 +216,22 @@ def finetune(
     write_report({name: summary}, out)
     console.print(results_table({name: summary}, f"{model} → {task}"))
     console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, capability_curves.png)")
+
+
+MAX_FINETUNE_SEED = 2**32 - 1
+"""``transformers.set_seed`` seeds numpy's legacy generator: 32-bit seeds only."""
+
+
+def check_numbers(seed: int, values: dict[str, float | None]) -> None:
+    """One line for a seed ``transformers`` cannot take or a NaN/infinite option (it could only
+    make the loss NaN), before the model is loaded."""
+    import math
+
+    if not 0 <= seed <= MAX_FINETUNE_SEED:
+        raise ConfigError(f"--seed {seed}: fine-tuning seeds go from 0 to {MAX_FINETUNE_SEED} (2**32-1); choose one")
+    for name, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"--{name} {value}: give a finite number")
 
 
 def register(app: typer.Typer) -> None:

@@ -53,6 +53,7 @@ def run(
     optimizer: Optional[str] = typer.Option(None, help="adam | sgd"),
     model: Optional[str] = typer.Option(None, help="mlp | cnn"),
     hidden: Optional[str] = typer.Option(None, help="hidden widths, e.g. 400,400"),
+    init: Optional[str] = typer.Option(None, help="weight init: pytorch (default) | xavier"),
     buffer_size: Optional[int] = typer.Option(None, help="replay budget in samples"),
     validation: Optional[float] = typer.Option(
         None, help="hold out this fraction of training data and evaluate on it (tuning)"
@@ -101,6 +102,7 @@ def run(
         "optimizer": optimizer,
         "model": model,
         "hidden": _parse_widths(hidden),
+        "init": init,
         "buffer_size": buffer_size,
         "validation": validation,
         "layerwise_lr_decay": layerwise_lr_decay,
@@ -143,9 +145,11 @@ def _parse_widths(hidden: str | None) -> list[int] | None:
 def _resume_config(folder: Path, given: dict[str, Any]):
     """The saved config of run folder ``folder``; flags may repeat it but not contradict it."""
     from forgetless.config import load_config_file, make_config
+    from forgetless.io import check_path_length
     from forgetless.training.checkpoint import config_differences
     from forgetless.training.experiment import resolve
 
+    check_path_length(folder, "--resume", extra=0, error=ConfigError)
     if not (folder / "config.yaml").is_file():
         raise ConfigError(f"--resume {folder}: no config.yaml there; give the folder of a forgetless run")
     saved = resolve(make_config(**load_config_file(folder / "config.yaml")))
@@ -179,6 +183,7 @@ def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
         RunInterrupted,
         load_checkpoint,
         remove_checkpoint,
+        validate_checkpoint,
     )
     from forgetless.training.experiment import default_out_dir, run_experiment, validate
 
@@ -187,6 +192,8 @@ def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
     cfg = cfg.model_copy(update={"out": out})
     if resume:
         saved = load_checkpoint(out)
+        if saved is not None:
+            validate_checkpoint(saved)
         if saved is not None and not quiet:
             console.print(f"resuming {out} from {saved.where()}")
         prepare_run_dir(out, force=True)  # exists: check it is still writable

@@ -104,6 +104,11 @@ def from_tensors(
     top = max(int(tr_y.max()), int(te_y.max()))
     if names and top >= len(names):
         raise DataError(f"labels go up to {top} but only {len(names)} class names were given")
+    if not names and int(te_y.max()) > int(tr_y.max()):
+        raise DataError(
+            f"test_y holds label {int(te_y.max())} but train_y labels go up to {int(tr_y.max())}: every test "
+            "class needs training examples (check the labels, or pass class_names to declare the classes)"
+        )
     num_classes = len(names) if names else top + 1
     return ImageDataset(
         name,

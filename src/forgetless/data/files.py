@@ -1,6 +1,8 @@
 """Find data set files on disk, or download them once into the user cache.
 
-Lookup order (the first folder holding every needed file wins):
+Lookup order (the first folder holding every needed file wins; a folder named by the user,
+``--data-dir`` or ``$FORGETLESS_DATA``, that holds only some of the files is an error naming
+the missing ones, never completed from another location):
 
 1. ``data_dir`` and ``data_dir/<name>`` (``--data-dir`` on the command line);
 2. ``$FORGETLESS_DATA`` and ``$FORGETLESS_DATA/<name>``;
@@ -126,9 +128,25 @@ def find_dataset_files(
     Raises :class:`DataError` (one line) when the files can be neither found nor downloaded.
     """
     sets = [list(filenames), *(list(a) for a in alternatives)]
+    if data_dir is not None:
+        from forgetless.io import check_path_length
+
+        check_path_length(Path(data_dir), "--data-dir", extra=0, error=DataError)
     folders = candidate_folders(name, data_dir)
+    chosen: list[Path] = []  # folders named by the user: complete, or an error
+    for option, root in (("--data-dir", data_dir), ("FORGETLESS_DATA", os.environ.get("FORGETLESS_DATA") or None)):
+        if root is None:
+            continue
+        group = [Path(root), Path(root) / name]
+        for folder in group:
+            if _complete(folder, sets):
+                return folder
+        for folder in group:
+            if folder not in chosen:
+                _refuse_partial(name, folder, sets, option, bool(alternatives))
+        chosen += group
     for folder in folders:
-        if any(all((folder / f).is_file() for f in files) for files in sets):
+        if folder not in chosen and _complete(folder, sets):
             return folder
 
     if name not in REMOTE_FILES or not set(filenames) <= set(REMOTE_FILES[name][1]):
@@ -147,6 +165,36 @@ def find_dataset_files(
         f"{name} data set not found: put {', '.join(filenames)}{alt} in one of: "
         f"{', '.join(str(f) for f in folders)}, or pass --data-dir / set FORGETLESS_DATA"
         f"{hint}{reason}"
+    )
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long, a component that is a file, ...
+        return False
+
+
+def _complete(folder: Path, sets: list[list[str]]) -> bool:
+    return any(all(_is_file(folder / f) for f in files) for files in sets)
+
+
+def _refuse_partial(name: str, folder: Path, sets: list[list[str]], option: str, alternatives: bool) -> None:
+    """A DataError where ``folder`` holds some but not all files of every acceptable set.
+
+    A data set is read from one folder only: an incomplete folder the user named is never
+    completed from another place (the cache, the system copy), which could mix versions.
+    """
+    present = [[f for f in files if _is_file(folder / f)] for files in sets]
+    best = max(range(len(sets)), key=lambda i: len(present[i]))
+    if not present[best]:
+        return
+    missing = [f for f in sets[best] if f not in present[best]]
+    alt = " (or the files uncompressed/extracted)" if alternatives else ""
+    raise DataError(
+        f"{name} data set: {folder} ({option}) has {', '.join(present[best])} but lacks {', '.join(missing)}: "
+        f"put the missing files there{alt}, or point {option} at a folder holding all of them "
+        "(every file of a data set is read from one folder, never mixed with another copy)"
     )
 
 

@@ -18,6 +18,7 @@ training loop only slices and scales them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from forgetless.data.dataset import ImageDataset
-from forgetless.errors import ConfigError
+from forgetless.errors import ConfigError, DataError
 
 ScenarioKind = Literal["task", "domain", "class"]
 SCENARIOS: dict[str, str] = {
@@ -179,14 +180,16 @@ def split(
     used = start
     head_sizes = sizes if kind == "task" else [max(sizes)] if kind == "domain" else [used]
     active = list(torch.tensor(sizes).cumsum(0).tolist()) if kind == "class" else []
-    return Scenario(
-        kind=kind,
-        name=f"split-{data.name}",
-        tasks=tasks,
-        input_shape=data.input_shape,
-        max_value=data.max_value,
-        head_sizes=head_sizes,
-        active_outputs=active,
+    return check_tasks(
+        Scenario(
+            kind=kind,
+            name=f"split-{data.name}",
+            tasks=tasks,
+            input_shape=data.input_shape,
+            max_value=data.max_value,
+            head_sizes=head_sizes,
+            active_outputs=active,
+        )
     )
 
 
@@ -229,7 +232,7 @@ def _relabelled_stream(
     n = len(tasks)
     head_sizes = [k] * n if kind == "task" else [k * n] if kind == "class" else [k]
     active = [k * (i + 1) for i in range(n)] if kind == "class" else []
-    return Scenario(kind, name, tasks, data.input_shape, data.max_value, head_sizes, active)
+    return check_tasks(Scenario(kind, name, tasks, data.input_shape, data.max_value, head_sizes, active))
 
 
 def pixel_permutations(n_pixels: int, n_tasks: int, seed: int) -> list[torch.Tensor]:
@@ -321,15 +324,77 @@ def validation_split(scenario: Scenario, fraction: float, seed: int) -> Scenario
                 description=task.description,
             )
         )
-    return Scenario(
-        scenario.kind,
-        scenario.name,
-        tasks,
-        scenario.input_shape,
-        scenario.max_value,
-        scenario.head_sizes,
-        scenario.active_outputs,
+    return check_tasks(
+        Scenario(
+            scenario.kind,
+            scenario.name,
+            tasks,
+            scenario.input_shape,
+            scenario.max_value,
+            scenario.head_sizes,
+            scenario.active_outputs,
+        )
     )
+
+
+MAX_LABEL = 2**24
+"""Labels are class indices, one output of the head each: a larger one is a mistake."""
+
+
+def _tensor(value: object, task: int, name: str) -> torch.Tensor:
+    """``torch.as_tensor(value)``, or a one-line DataError naming the task and the array."""
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        kind = type(value).__name__
+        raise DataError(
+            f"task {task} {name} is a {kind} that is not a numeric array ({' '.join(str(error).split())}): "
+            "give a tensor or a numpy array"
+        ) from None
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        raise DataError(f"task {task} {name} has dtype {tensor.dtype}: give real numbers (inputs) or integers (labels)")
+    return tensor
+
+
+def _check_inputs(x: torch.Tensor, task: int, name: str) -> None:
+    split_name = name.split("_")[0]
+    if x.ndim < 2:
+        raise DataError(f"task {task} {name} has shape {tuple(x.shape)}: expected [N, ...] with one row per example")
+    if x.shape[0] == 0:
+        why = " (an empty test set would report accuracy 0)" if split_name == "test" else ""
+        raise DataError(
+            f"task {task} {split_name}: {name} holds no examples: give every task at least one {split_name} "
+            f"example{why}"
+        )
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise DataError(f"task {task} {name} holds NaN or infinite values: clean or drop those rows")
+
+
+def _check_labels(y: torch.Tensor, task: int, name: str) -> None:
+    if y.is_floating_point():
+        raise DataError(
+            f"task {task} {name} has dtype {y.dtype}: labels must be integer class indices (convert them with .long())"
+        )
+    if int(y.min()) < 0:
+        raise DataError(f"task {task} {name} holds label {int(y.min())}: labels must be 0 or more")
+    if int(y.max()) >= MAX_LABEL:
+        raise DataError(
+            f"task {task} {name} holds label {int(y.max())}: labels are class indices (one output each), "
+            f"below {MAX_LABEL}; number the classes 0, 1, 2, ..."
+        )
+
+
+def check_tasks(scenario: Scenario) -> Scenario:
+    """A DataError naming the first task with no training or no test example (a task that could
+    not train, or an accuracy of 0 measured on nothing)."""
+    for task in scenario.tasks:
+        for split_name, y in (("train", task.train_y), ("test", task.test_y)):
+            if y.shape[0] == 0:
+                raise DataError(
+                    f"{scenario.name}: task {task.index} ({task.description or 'no description'}) has no {split_name} "
+                    f"example: give every class {split_name} examples (an empty test set would report accuracy 0)"
+                )
+    return scenario
 
 
 def from_task_data(
@@ -347,25 +412,53 @@ def from_task_data(
     first with :func:`forgetless.data.custom.from_torch_dataset`.
     """
     _check_kind(kind)
+    try:
+        tasks = [] if isinstance(tasks, (str, bytes, Mapping)) else list(tasks)
+    except TypeError:
+        tasks = []
     if not tasks:
         raise ConfigError("give at least one task: a list of (train_x, train_y, test_x, test_y)")
+    if max_value is not None and (
+        isinstance(max_value, bool) or not isinstance(max_value, (int, float)) or not 0 < max_value < math.inf
+    ):
+        raise ConfigError(f"max_value must be a positive finite number, got {max_value!r}")
     built: list[Task] = []
     for index, item in enumerate(tasks):
-        if len(item) != 4:
-            raise ConfigError(f"task {index} must be (train_x, train_y, test_x, test_y), got {len(item)} items")
-        train_x, train_y, test_x, test_y = (torch.as_tensor(t) for t in item)
+        try:
+            count = -1 if isinstance(item, (str, bytes, Mapping)) else len(item)
+        except TypeError:
+            count = -1
+        if count != 4:
+            got = f"{count} items" if count >= 0 else f"a value of type {type(item).__name__}"
+            raise ConfigError(f"task {index} must be (train_x, train_y, test_x, test_y), got {got}")
+        names = ("train_x", "train_y", "test_x", "test_y")
+        train_x, train_y, test_x, test_y = (_tensor(t, index, n) for t, n in zip(item, names, strict=True))
         for split_name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+            _check_inputs(x, index, f"{split_name}_x")
             if x.shape[0] != y.shape[0] or y.ndim != 1:
                 raise ConfigError(
                     f"task {index} {split_name}: {x.shape[0]} inputs but labels of shape "
                     f"{tuple(y.shape)}: give one integer label per input"
                 )
-        if train_x.shape[1:] != built[0].train_x.shape[1:] if built else False:
-            raise ConfigError(
-                f"task {index} inputs have shape {tuple(train_x.shape[1:])}, task 0 has "
-                f"{tuple(built[0].train_x.shape[1:])}: every task needs the same input shape"
+            _check_labels(y, index, f"{split_name}_y")
+        if test_x.shape[1:] != train_x.shape[1:] or test_x.dtype != train_x.dtype:
+            raise DataError(
+                f"task {index}: test_x is {test_x.dtype} {tuple(test_x.shape[1:])} but train_x is "
+                f"{train_x.dtype} {tuple(train_x.shape[1:])}: train and test inputs need one shape and dtype"
+            )
+        if built and (train_x.shape[1:] != built[0].train_x.shape[1:] or train_x.dtype != built[0].train_x.dtype):
+            raise DataError(
+                f"task {index} inputs are {train_x.dtype} {tuple(train_x.shape[1:])}, task 0's are "
+                f"{built[0].train_x.dtype} {tuple(built[0].train_x.shape[1:])}: every task needs the same input "
+                "shape and dtype"
             )
         classes = tuple(sorted(set(train_y.tolist())))
+        unseen = sorted(set(test_y.tolist()) - set(classes))
+        if unseen:
+            raise DataError(
+                f"task {index} test: label(s) {unseen[:5]} never appear in its train_y (labels {list(classes)[:10]}): "
+                "every test label needs training examples in the same task; check the labels of this task"
+            )
         built.append(Task(index, train_x, train_y.long(), test_x, test_y.long(), classes, f"task {index}"))
     if kind == "class":
         seen: set[int] = set()

@@ -28,8 +28,9 @@ class IncrementalHead(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_features, num_outputs)
         self.num_outputs = num_outputs
-        self.register_buffer("active", torch.tensor(num_outputs if active_outputs is None else active_outputs))
-        self._active_cache = int(self.active)
+        count = num_outputs if active_outputs is None else active_outputs
+        self.register_buffer("active", torch.tensor(count))
+        self._active_cache = count
 
     def set_active_outputs(self, count: int) -> None:
         """Make outputs ``[0, count)`` live (called by the learner when a task arrives)."""

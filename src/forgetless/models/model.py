@@ -9,6 +9,7 @@ from torch import nn
 
 from forgetless.models.backbones import mlp, small_cnn
 from forgetless.models.heads import IncrementalHead, MultiHead
+from forgetless.models.init import Init, initialise
 
 
 class ContinualModel(nn.Module):
@@ -36,8 +37,9 @@ def build_model(
     head_sizes: list[int],
     multi_head: bool,
     hidden: list[int],
+    init: Init = "pytorch",
 ) -> ContinualModel:
-    """Build the backbone of ``kind`` and the head the scenario needs.
+    """Build the backbone of ``kind`` and the head the scenario needs, initialised by ``init``.
 
     ``head_sizes`` holds one output count per task for a multi-head model, else one entry.
     """
@@ -48,4 +50,6 @@ def build_model(
     else:
         raise ValueError(f"unknown model kind {kind!r}")
     head = MultiHead(width, head_sizes) if multi_head else IncrementalHead(width, head_sizes[0])
-    return ContinualModel(backbone, head)
+    model = ContinualModel(backbone, head)
+    initialise(model, init)
+    return model

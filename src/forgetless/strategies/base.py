@@ -25,6 +25,7 @@ Hooks a strategy does not override cost nothing: the learner only calls overridd
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -135,6 +136,24 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def check_finite_params(strategy: str, params: BaseModel) -> None:
+    """Refuse a NaN or infinite hyperparameter (``--set ewc.ewc_lambda=inf``) up front.
+
+    Such a value can only make the loss NaN; it would also be written to ``config.yaml`` as
+    ``null`` (JSON has no infinity), so the run could not be resumed to the same error. Every
+    strategy's ``Params`` is checked here, whatever its class (the subclasses of
+    ``BufferParams`` included), so no Params class needs its own validator.
+    """
+    for name, value in params:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(
+                    f"invalid strategy parameter: {strategy}.{name} is {item!r}: hyperparameters must be "
+                    f"finite numbers; give a finite value, e.g. --set {strategy}.{name}=100"
+                )
+
+
 class Strategy:
     """Base class of every mitigation method. Override only the hooks the method needs.
 
@@ -156,6 +175,7 @@ class Strategy:
         except ValidationError as error:
             parts = [f"{self.name}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
             raise ConfigError("invalid strategy parameter: " + "; ".join(parts)) from None
+        check_finite_params(self.name, self.params)
 
     # -- hooks ---------------------------------------------------------------------------
     def setup(self, ctx: TrainingContext) -> nn.Module | None:

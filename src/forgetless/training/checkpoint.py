@@ -416,35 +416,6 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 
 # -- finished runs --------------------------------------------------------------------------
-def run_record(run: RunResult) -> dict[str, Any]:
-    """The exact content of a finished :class:`~forgetless.training.learner.RunResult`."""
-    return {
-        "strategy": run.strategy,
-        "seed": run.seed,
-        "matrix": torch.from_numpy(np.asarray(run.matrix, dtype=np.float64)),
-        "baseline": torch.from_numpy(np.asarray(run.baseline, dtype=np.float64)),
-        "train_seconds": list(run.train_seconds),
-        "eval_seconds": run.eval_seconds,
-        "steps": list(run.steps),
-        "report": run.report,
-        "stopped_early": [[k, v] for k, v in run.stopped_early.items()],
-    }
-
-
-def run_from_record(record: dict[str, Any]) -> RunResult:
-    return RunResult(
-        strategy=record["strategy"],
-        seed=int(record["seed"]),
-        matrix=record["matrix"].numpy(),
-        baseline=record["baseline"].numpy(),
-        train_seconds=list(record["train_seconds"]),
-        eval_seconds=float(record["eval_seconds"]),
-        steps=list(record["steps"]),
-        report=record["report"],
-        stopped_early={int(k): int(v) for k, v in record["stopped_early"]},
-    )
-
-
 def runs_from_metrics(run_dir: Path) -> list[RunResult]:
     """Finished runs recorded in ``metrics.json`` (values rounded to 6 decimals there)."""
     path = Path(run_dir) / "metrics.json"
@@ -455,22 +426,9 @@ def runs_from_metrics(run_dir: Path) -> list[RunResult]:
         out = []
         for name, records in data.get("runs", {}).items():
             for record in records:
-                matrix = np.asarray(record["accuracy_matrix"], dtype=np.float64)
-                if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-                    continue
-                out.append(
-                    RunResult(
-                        strategy=name,
-                        seed=int(record["seed"]),
-                        matrix=matrix,
-                        baseline=np.asarray(record["random_init_accuracy"], dtype=np.float64),
-                        train_seconds=list(record.get("train_seconds_per_task", [])),
-                        eval_seconds=float(record.get("eval_seconds", 0.0)),
-                        steps=list(record.get("steps_per_task", [])),
-                        report=record.get("report", {}),
-                        stopped_early={int(k): v for k, v in record.get("stopped_early", {}).items()},
-                    )
-                )
+                run = RunResult.from_record(name, record)
+                if run.matrix.ndim == 2 and run.matrix.shape[0] == run.matrix.shape[1]:
+                    out.append(run)
         return out
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path} is corrupt ({error}): cannot tell which runs finished") from None
@@ -580,15 +538,21 @@ def validate_checkpoint(saved: Checkpoint) -> Checkpoint:
         raise _invalid(folder, "experiment.json", "config.strategies: expected a list of names")
     for field_name, value in (("tasks", tasks), ("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _invalid(folder, "experiment.json", f"config.{field_name}: expected a positive integer, got {value!r}")
+            raise _invalid(
+                folder, "experiment.json", f"config.{field_name}: expected a positive integer, got {value!r}"
+            )
     if experiment.run.strategy not in strategies:
         raise _invalid(
-            folder, "experiment.json", f"run.strategy: {experiment.run.strategy!r} is not one of config.strategies {strategies}"
+            folder,
+            "experiment.json",
+            f"run.strategy: {experiment.run.strategy!r} is not one of config.strategies {strategies}",
         )
     for index, record in enumerate(experiment.completed):
         where = f"completed.{index}"
         if record.strategy not in strategies:
-            raise _invalid(folder, "experiment.json", f"{where}.strategy: {record.strategy!r} is not in config.strategies")
+            raise _invalid(
+                folder, "experiment.json", f"{where}.strategy: {record.strategy!r} is not in config.strategies"
+            )
         if tuple(record.matrix.shape) != (tasks, tasks) or tuple(record.baseline.shape) != (tasks,):
             raise _invalid(
                 folder,

@@ -7,6 +7,8 @@ what was already computed. With a run folder, checkpoints are written after ever
 
 from __future__ import annotations
 
+import math
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -63,6 +65,80 @@ def load_scenario(config: RunConfig, seed: int) -> Scenario:
     return scenario.to(config.device)
 
 
+def _model_parameters(config: RunConfig, scenario: Scenario) -> int:
+    """Parameter count of the run's network, built on the meta device (shapes only, no memory)."""
+    with torch.device("meta"):
+        model = build_model(
+            config.model or "mlp",
+            scenario.input_shape,
+            scenario.head_sizes,
+            multi_head=scenario.uses_task_id,
+            hidden=list(config.hidden or [400, 400]),
+        )
+    return sum(p.numel() for p in model.parameters())
+
+
+def _gib(n_bytes: float) -> str:
+    gib = n_bytes / 2**30
+    return f"{gib:,.0f} GiB" if gib >= 10 else f"{gib:.1f} GiB"
+
+
+def memory_here(device: str) -> int:
+    """Bytes of memory of ``device`` (total, not free: a bound, never a guess about other users)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not POSIX: no bound
+        return 2**62
+
+
+def check_memory(config: RunConfig, scenario: Scenario, available: int | None = None) -> None:
+    """Refuse, before anything is allocated, a model or replay buffer that cannot fit in memory.
+
+    The estimate follows the shapes: 4 bytes per parameter for the weights, their gradients and
+    two optimizer moments, the activations of one batch, and ``buffer_size`` stored rows for a
+    replay method (the buffer allocates its whole budget at once). It is a lower bound; the
+    run is refused only when it exceeds the device's total memory.
+    """
+    available = memory_here(config.device) if available is None else available
+    hidden = list(config.hidden or [400, 400])
+    outputs = sum(scenario.head_sizes)
+    parameters = _model_parameters(config, scenario)
+    model_bytes = 4 * 4 * parameters + 2 * 4 * config.batch_size * (sum(hidden) + outputs)
+    first = scenario.tasks[0].train_x
+    row = first[:1].element_size() * math.prod(scenario.input_shape) + 16  # inputs, label, task
+    row += 4 * outputs + 8  # the logits DER stores (a bound for every replay method)
+    largest = 0  # the largest replay budget of any combination
+    for combination in config.strategies:
+        for strategy in make_strategies(
+            combination, config.params, {"buffer_size": config.buffer_size}, config.scenario
+        ):
+            size = getattr(strategy.params, "buffer_size", None)
+            if isinstance(size, int):
+                largest = max(largest, size)
+    buffer_bytes = largest * row
+    if model_bytes + buffer_bytes <= available:
+        return
+    parts = []
+    if model_bytes * 10 >= available or buffer_bytes * 10 < available:
+        widths = ",".join(str(w) for w in hidden)
+        parts.append(
+            f"--hidden {widths}: {_gib(model_bytes)} for {'a CNN' if config.model == 'cnn' else 'an MLP'} "
+            f"of {parameters:,} parameters "
+            "with gradients and optimizer state"
+        )
+    if buffer_bytes * 10 >= available:
+        parts.append(
+            f"--buffer-size {largest}: {_gib(buffer_bytes)} for a replay buffer of {largest:,} rows of {row} bytes"
+        )
+    raise ConfigError(
+        f"this run would need at least {_gib(model_bytes + buffer_bytes)} ({'; '.join(parts)}), more than the "
+        f"{_gib(available)} of memory of {config.device} here: lower "
+        + " and ".join(part.split(":", 1)[0].split()[0] for part in parts)
+    )
+
+
 def build_learner(config: RunConfig, scenario: Scenario, combination: str, seed: int) -> Learner:
     """Seeded model + strategies of ``combination`` for a resolved config."""
     strategies = make_strategies(
@@ -79,6 +155,7 @@ def build_learner(config: RunConfig, scenario: Scenario, combination: str, seed:
         scenario.head_sizes,
         multi_head=scenario.uses_task_id,
         hidden=list(config.hidden or [400, 400]),
+        init=config.init,
     )
     return Learner(scenario, model, strategies, config, seed=seed, name=combination)
 
@@ -179,7 +256,9 @@ def run_experiment(
             if key in finished and not (saved is not None and saved.run == key):
                 run = finished[key]
             else:
-                scenario = scenario or load_scenario(config, seed)
+                if scenario is None:
+                    scenario = load_scenario(config, seed)
+                    check_memory(config, scenario)
                 learner = build_learner(config, scenario, combination, seed)
                 if saved is not None and saved.run == key:
                     learner.load_checkpoint(saved.learner)
@@ -187,7 +266,7 @@ def run_experiment(
                     learner.on_checkpoint = _checkpoint_writer(run_dir, config, key, records)
                 callback = progress(combination, seed) if progress is not None else None
                 run = _train(learner, callback, run_dir)
-            records.append(ckpt.run_record(run))
+            records.append(run.state_dict())
             result.runs.setdefault(combination, []).append(run)
             if on_run_done is not None:
                 on_run_done(result)
@@ -201,6 +280,8 @@ def _resume_point(config: RunConfig, run_dir: Path) -> tuple[ckpt.Checkpoint | N
     only if the run folder's ``config.yaml`` (written with them) matches ``config``.
     """
     saved = ckpt.load_checkpoint(run_dir)
+    if saved is not None:
+        ckpt.validate_checkpoint(saved)
     finished = {(r.strategy, r.seed): r for r in ckpt.runs_from_metrics(run_dir)}
     if saved is None:
         if finished:
@@ -214,7 +295,7 @@ def _resume_point(config: RunConfig, run_dir: Path) -> tuple[ckpt.Checkpoint | N
             + "): resume without changing these, or start a new run with another --out"
         )
     for record in saved.completed:  # exact values (metrics.json rounds them)
-        run = ckpt.run_from_record(record)
+        run = RunResult.from_state(record)
         finished[(run.strategy, run.seed)] = run
     return saved, finished
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import random
 import shutil
@@ -160,10 +161,16 @@ def _rows_to_data(
 ) -> TextData:
     if not rows:
         raise DataError(f"{path}: no rows")
-    columns = list(rows[0].keys())
+    columns = list(dict.fromkeys(str(key) for row in rows for key in row if key is not None))
     text_key = _pick(columns, text_column, TEXT_COLUMNS, "text", path, required=True)
     label_key = _pick(columns, label_column, LABEL_COLUMNS, "label", path, required=need_labels)
     texts = [str(row.get(text_key) or "") for row in rows]
+    if not any(t.strip() for t in texts):
+        others = [c for c in columns if c != text_key]
+        raise DataError(
+            f"{path}: the text column {text_key!r} is empty in every row; columns: {', '.join(columns)}"
+            + (f" (pass --text-column with the one that holds the documents, e.g. {others[0]!r})" if others else "")
+        )
     if label_key is None:
         return TextData(texts, source=str(path))
     labels, names = _labels([str(row.get(label_key)) for row in rows])
@@ -178,20 +185,52 @@ def _read_table(
     need_labels: bool = False,
     encoding_errors: str = "strict",
 ) -> TextData:
-    with path.open(newline="", encoding="utf-8", errors=encoding_errors) as handle:
-        rows = list(csv.DictReader(handle, delimiter=delimiter))
+    text = _read_text(path, encoding_errors)
+    try:
+        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
+    except csv.Error as error:
+        raise DataError(f"{path}: not a valid {'TSV' if delimiter == chr(9) else 'CSV'} file ({error})") from None
     return _rows_to_data(rows, path, text_column, label_column, need_labels)
+
+
+def _read_text(path: Path, errors: str = "strict", lenient: bool = False) -> str:
+    """The text of ``path``; a one-line DataError for a binary (or non-UTF-8) file.
+
+    ``lenient`` (plain ``.txt`` documents) replaces a few undecodable bytes, as long as the
+    file has no NUL byte and at most 1% of it does not decode. ``errors`` other than
+    ``"strict"`` decode as :meth:`bytes.decode` does, without checks.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror}") from None
+    if errors != "strict":
+        return data.decode("utf-8", errors=errors)
+    advice = "give a UTF-8 .jsonl, .csv, .tsv or .txt file (re-save it as UTF-8)"
+    if b"\x00" in data:
+        raise DataError(f"{path} is a binary file, not text (it holds NUL bytes): {advice}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if not lenient:
+            raise DataError(
+                f"{path} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}): {advice}"
+            ) from None
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd")
+    if bad > max(1, len(text) // 100):
+        raise DataError(f"{path} is not UTF-8 text ({bad} undecodable bytes): {advice}")
+    return text
 
 
 def _read_jsonl(path: Path, text_column: str | None, label_column: str | None, need_labels: bool) -> TextData:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
     if rows and not all(isinstance(r, dict) for r in rows):
         raise DataError(f'{path}: every JSONL line must be an object like {{"text": ...}}')
     return _rows_to_data(rows, path, text_column, label_column, need_labels)
@@ -234,17 +273,34 @@ def load_texts(
         data.source = name
     else:
         path = Path(source).expanduser()
-        if not path.exists():
+        try:
+            exists, is_dir = path.exists(), path.is_dir()
+        except OSError as error:  # a name too long, ...
+            raise DataError(f"data file {path}: {error.strerror}") from None
+        if not exists:
             raise DataError(f"data file {path} does not exist (or use builtin:<name>: {', '.join(BUILTIN_SOURCES)})")
         suffix = path.suffix.lower()
-        if path.is_dir():
+        tabular = not is_dir and suffix in (".jsonl", ".json", ".csv", ".tsv")
+        if not tabular:
+            given = [
+                f"{flag} {value!r}"
+                for flag, value in (("--text-column", text_column), ("--label-column", label_column))
+                if value
+            ]
+            if given:
+                kind = "a folder of class sub-folders" if is_dir else f"a {suffix or 'plain'} file without columns"
+                raise DataError(
+                    f"{path} is {kind}: {' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} only to "
+                    ".jsonl, .csv and .tsv files (columns exist only there); drop it or give a table"
+                )
+        if is_dir:
             data = _read_class_folders(path)
         elif suffix in (".jsonl", ".json"):
             data = _read_jsonl(path, text_column, label_column, need_labels)
         elif suffix in (".csv", ".tsv"):
             data = _read_table(path, text_column, label_column, "\t" if suffix == ".tsv" else ",", need_labels)
         elif suffix in (".txt", ".text", ".md", ".py"):
-            data = TextData(_paragraphs(path.read_text(encoding="utf-8", errors="replace"), 2000), source=str(path))
+            data = TextData(_paragraphs(_read_text(path, lenient=True), 2000), source=str(path))
         else:
             raise DataError(
                 f"{path}: unsupported file type {suffix!r} (use .jsonl, .csv, .tsv, "

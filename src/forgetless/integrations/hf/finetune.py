@@ -157,13 +157,28 @@ class _StepCallback:
         return StepCallback()
 
 
+def check_out(out: Path, save_model: bool = False, force: bool = False) -> None:
+    """Check the report folder before any training: a file there, an unwritable folder, a
+    path too long, or (without ``force``) a folder that already holds a report is a one-line
+    OutputError now, not after the fine-tune is done (and lost), as for ``forgetless run``."""
+    from forgetless.io import prepare_run_dir
+
+    prepare_run_dir(out, force=force)
+    if save_model and (out / "model").exists() and not (out / "model").is_dir():
+        from forgetless.errors import OutputError
+
+        raise OutputError(f"--save-model writes {out / 'model'}, which is a file: move it or choose another --out")
+
+
 def run_finetune(
     cfg: FinetuneConfig,
     out: Path | None = None,
     listeners: list[Listener] | None = None,
     on_step: StepListener | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune per ``cfg``; returns the forgetting summary (and writes the report to ``out``)."""
+    """Fine-tune per ``cfg``; returns the forgetting summary (and writes the report to ``out``,
+    which must not hold a report already unless ``force``)."""
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils import logging as hf_logging
@@ -181,6 +196,8 @@ def run_finetune(
     from forgetless.integrations.hf.tracker import CapabilityTracker
     from forgetless.integrations.hf.trainer import ForgetlessTrainer
 
+    if out is not None:
+        check_out(out, force=force)
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
     set_seed(cfg.seed)
