@@ -304,7 +304,7 @@ def test_der_stores_logits_at_insertion_time() -> None:
 
 def test_der_fills_newly_active_outputs_and_keeps_the_rest() -> None:
     ctx = _context("class")
-    der = _strategy(ctx, "der", buffer_size=100)
+    der = _strategy(ctx, "der", buffer_size=100, future_logits="model")
     ctx.model.head.set_active_outputs(2)
     batch = _batch(ctx, 0)
     ctx.current_size = len(batch)
@@ -321,12 +321,50 @@ def test_der_fills_newly_active_outputs_and_keeps_the_rest() -> None:
     assert (after[:, 4:] == INACTIVE_LOGIT).all() and (der.buffer.active[:16] == 4).all()
 
 
+def test_der_caps_newly_active_outputs_below_the_rows_stored_logits() -> None:
+    """The fix of issue #14: a class masked when a row was stored is recorded below every class
+    the row was stored with. Filled with the untrained outputs' raw values (the old code), the
+    later classes could outrank the true class on stored rows and DER lost task 0 entirely."""
+    ctx = _context("class")
+    der = _strategy(ctx, "der", buffer_size=100)
+    ctx.model.head.set_active_outputs(2)
+    batch = _batch(ctx, 0)
+    ctx.current_size = len(batch)
+    der.after_step(ctx, batch, ctx.model(batch.x).detach())
+    before = der.buffer.logits[:16].clone()
+    with torch.no_grad():  # untrained outputs of the next task's classes well above the others
+        ctx.model.head.linear.bias[2:4] += 100.0
+    ctx.task_index, ctx.step = 1, 0
+    ctx.model.head.set_active_outputs(4)
+    der.loss(ctx, _batch(ctx, 0), torch.zeros(16, 10))
+    after = der.buffer.logits[:16]
+    lowest = before[:, :2].min(dim=1, keepdim=True).values
+    assert torch.equal(after[:, :2], before[:, :2])
+    assert torch.equal(after[:, 2:4], lowest.expand(16, 2))
+    assert (der.buffer.active[:16] == 4).all() and (after[:, 4:] == INACTIVE_LOGIT).all()
+    # where the model's own value is lower already, it is kept as it is
+    ctx.task_index, ctx.step = 2, 0
+    with torch.no_grad():
+        ctx.model.head.linear.bias[4:6] -= 100.0
+    ctx.model.head.set_active_outputs(6)
+    der.loss(ctx, _batch(ctx, 0), torch.zeros(16, 10))
+    live = ctx.model(ctx.prepare(der.buffer.inputs[:16])).detach()
+    assert torch.equal(der.buffer.logits[:16, 4:6], live[:, 4:6])
+
+
 def test_masked_logit_mse_ignores_outputs_inactive_at_storage() -> None:
     live = torch.tensor([[1.0, 2.0, 3.0], [0.0, 1.0, 5.0]])
     stored = torch.tensor([[0.0, 0.0, INACTIVE_LOGIT], [0.0, 0.0, 0.0]])
     active = torch.tensor([2, 3])
     expected = (1 + 4 + 0 + 1 + 25) / 5
     assert masked_logit_mse(live, stored, active).item() == pytest.approx(expected)
+    # full width (mammoth's F.mse_loss): the same sum over every entry of the block
+    assert masked_logit_mse(live, stored, active, over="full").item() == pytest.approx((1 + 4 + 0 + 1 + 25) / 6)
+    recorded = torch.tensor([[0.5, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    every = torch.tensor([3, 3])
+    assert masked_logit_mse(live, recorded, every, over="full").item() == pytest.approx(
+        F.mse_loss(live, recorded).item()
+    )
 
 
 def test_derpp_adds_replay_cross_entropy() -> None:

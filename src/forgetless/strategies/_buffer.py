@@ -62,17 +62,23 @@ def active_outputs(logits: torch.Tensor) -> torch.Tensor:
     return (logits > INACTIVE_LOGIT / 2).sum(dim=1)
 
 
-def masked_logit_mse(live: torch.Tensor, stored: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the outputs that were active when ``stored`` was recorded.
+def masked_logit_mse(
+    live: torch.Tensor, stored: torch.Tensor, active: torch.Tensor, over: Literal["full", "active"] = "active"
+) -> torch.Tensor:
+    """Squared error between ``live`` and ``stored`` logits on the outputs active at storage.
 
     Outputs masked at insertion (classes not seen yet, padding of narrow task heads) hold
     ``INACTIVE_LOGIT`` and are left out: comparing them would pull live outputs to -1e4.
+    ``over="active"`` averages over the entries compared; ``over="full"`` over every entry of the
+    ``[rows, outputs]`` block, the ones left out counting as zero (mammoth's
+    ``F.mse_loss(buf_outputs, buf_logits)`` when every output is compared).
     """
     width = min(live.shape[1], stored.shape[1])
     live, stored = live[:, :width], stored[:, :width]
     mask = torch.arange(width, device=live.device)[None, :] < active[:, None]
     squared = (live - stored).pow(2) * mask
-    return squared.sum() / mask.sum().clamp_min(1)
+    count = mask.sum().clamp_min(1) if over == "active" else max(squared.numel(), 1)
+    return squared.sum() / count
 
 
 def balanced_quotas(available: torch.Tensor, capacity: int, current: torch.Tensor) -> torch.Tensor:
