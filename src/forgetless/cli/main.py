@@ -320,19 +320,28 @@ def _interrupt_hint() -> str:
     )
 
 
+_LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+"""Every character at which ``str.splitlines`` breaks a line, to its escape (``\\n``, ``\\x1e``)."""
+
+
+def _say(label: str, message: str) -> None:
+    """``label: message`` on stderr as one line, whatever a file name or key in it holds."""
+    errors.print(f"[bold red]{label}[/] {escape(message.translate(_LINE_BREAKS))}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: one clear line and a non-zero exit code for every user error."""
     try:
         app(standalone_mode=False)
     except ForgetlessError as error:
         kind = "interrupted" if error.exit_code == 130 else "error"
-        errors.print(f"[bold red]{kind}:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        _say(f"{kind}:", str(error))
         sys.exit(error.exit_code)
     except KeyboardInterrupt as interrupt:
         from forgetless.training.checkpoint import RunInterrupted
 
         message = str(interrupt) if isinstance(interrupt, RunInterrupted) else _interrupt_hint()
-        errors.print(f"[bold red]interrupted[/]: {escape(message)}", highlight=False, soft_wrap=True)
+        _say("interrupted:", message)
         sys.exit(130)
     except Exception as error:  # click usage errors and anything unexpected
         exits, usage_errors, aborts = _click_exceptions()
@@ -340,18 +349,16 @@ def main() -> None:
             sys.exit(error.exit_code)
         if isinstance(error, usage_errors):
             message = " ".join(error.format_message().split())
-            errors.print(f"[bold red]error:[/] {escape(message)} (see --help)", highlight=False, soft_wrap=True)
+            _say("error:", f"{message} (see --help)")
             sys.exit(error.exit_code)
         if isinstance(error, aborts):  # click's form of a KeyboardInterrupt outside training
-            errors.print(f"[bold red]interrupted[/]: {escape(_interrupt_hint())}", highlight=False, soft_wrap=True)
+            _say("interrupted:", _interrupt_hint())
             sys.exit(130)
         if os.environ.get("FORGETLESS_DEBUG"):
             raise
-        errors.print(
-            f"[bold red]internal error:[/] {type(error).__name__}: {escape(str(error))} "
-            "(set FORGETLESS_DEBUG=1 for the traceback and report it)",
-            highlight=False,
-            soft_wrap=True,
+        _say(
+            "internal error:",
+            f"{type(error).__name__}: {error} (set FORGETLESS_DEBUG=1 for the traceback and report it)",
         )
         sys.exit(1)
 

@@ -411,7 +411,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
         if key in RESUME_MAY_CHANGE:
             continue
         if saved.get(key) != current.get(key):
-            out.append(f"{key}: {saved.get(key)!r} in the run, {current.get(key)!r} now")
+            out.append(f"{key!s:.40}: {saved.get(key)!r:.80} in the run, {current.get(key)!r:.80} now")
     return out
 
 

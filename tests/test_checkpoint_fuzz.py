@@ -1,0 +1,188 @@
+"""Hypothesis-driven mutation of a checkpoint (issue #15, item 4).
+
+Two attackers, both against the checkpoint of a real run resumed through the CLI:
+
+* **Bytes changed without re-signing** (a flipped bit anywhere in any file, tensor data
+  included): the SHA-256 manifest must refuse every one, in one line naming the file.
+* **JSON changed and re-signed** (a forged manifest that matches the edit): a key deleted, a
+  value replaced by one of another JSON type, an unknown key added, anywhere in the tree of
+  ``learner.json`` or ``experiment.json``. The resume must either refuse it in one line (exit 2)
+  or end (exit 0) with exactly the accuracy matrix of the untouched checkpoint: never an internal
+  error, a traceback, or a different result.
+
+A value replaced by another of the *same* type and range (a forged but well-formed accuracy)
+is not detectable by any schema, only by the hash, and is not generated here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from forgetless.cli import main as cli
+from forgetless.training import checkpoint as ckpt
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--benchmark", "split-digits", "--epochs", "1", "--tasks", "2", "--hidden", "16"]
+FAST += ["--batch-size", "64", "--threads", "1", "--quiet", "--strategies", "naive,ewc"]
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    old, sys.argv = sys.argv, ["forgetless", *argv]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = old
+        cli._RUN_DIR[0] = None
+    return code, capsys.readouterr().err
+
+
+def _matrices(run: Path) -> dict[str, Any]:
+    runs = json.loads((run / "metrics.json").read_text())["runs"]
+    return {name: [r["accuracy_matrix"] for r in records] for name, records in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A finished two-strategy run (its checkpoint is the last run's end) and its matrices."""
+    run = tmp_path_factory.mktemp("fuzz") / "run"
+    old, sys.argv = sys.argv, ["forgetless", "run", *FAST, "--out", str(run)]
+    try:
+        cli.main()
+    finally:
+        sys.argv = old
+        cli._RUN_DIR[0] = None
+    return run, _matrices(run)
+
+
+def _copy(run: Path) -> Path:
+    target = Path(tempfile.mkdtemp(prefix="fuzz-")) / "run"
+    shutil.copytree(run, target)
+    return target
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    return lines[0]
+
+
+FILES = ["model.safetensors", "learner.safetensors", "learner.json", "experiment.json", "optimizer.json"]
+FILES += ["strategies.safetensors", "strategies.json", "optimizer.safetensors"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(FILES), where=st.floats(0.0, 1.0, exclude_max=True), bit=st.integers(0, 7))
+def test_any_flipped_bit_is_refused_by_the_manifest(
+    original: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str], name: str, where: float, bit: int
+) -> None:
+    run = _copy(original[0])
+    try:
+        path = run / ckpt.CHECKPOINT / name
+        data = bytearray(path.read_bytes())
+        data[int(where * len(data))] ^= 1 << bit
+        path.write_bytes(bytes(data))
+        code, err = _cli(["run", "--resume", str(run)], capsys)
+        line = _one_line(err)
+        assert code == 2 and name in line and "SHA-256" in line
+    finally:
+        shutil.rmtree(run.parent, ignore_errors=True)
+
+
+def _paths(tree: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every path (dict keys and list indices) into a JSON tree, tensor references excluded."""
+    found: list[tuple] = []
+    if isinstance(tree, dict) and "__tensor__" not in tree:
+        for key, value in tree.items():
+            found += [(*prefix, key), *_paths(value, (*prefix, key))]
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree[:8]):  # long lists (RNG words): their first entries
+            found += [(*prefix, index), *_paths(value, (*prefix, index))]
+    return found
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+VALUES_OF_KIND = {
+    "NoneType": st.none(),
+    "bool": st.booleans(),
+    "number": st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False),
+    "str": st.text(max_size=6),
+    "list": st.lists(st.integers(-3, 3), max_size=3),
+    "dict": st.dictionaries(st.text(max_size=4), st.integers(0, 3), max_size=2),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), part=st.sampled_from(["learner", "experiment"]))
+def test_a_re_signed_structural_edit_is_refused_or_harmless(
+    original: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str], data: st.DataObject, part: str
+) -> None:
+    source, matrices = original
+    run = _copy(source)
+    try:
+        folder = run / ckpt.CHECKPOINT
+        document = json.loads((folder / f"{part}.json").read_text())
+        path = data.draw(st.sampled_from(_paths(document["data"])), label="path")
+        parent = document["data"]
+        for key in path[:-1]:
+            parent = parent[key]
+        old = parent[path[-1]]
+        action = data.draw(st.sampled_from(["delete", "replace", "add"] if isinstance(parent, dict) else ["replace"]))
+        if action == "delete":
+            del parent[path[-1]]
+        elif action == "add":
+            parent[data.draw(st.text(min_size=1, max_size=6).filter(lambda k: k not in parent))] = 1
+        else:
+            kind = data.draw(st.sampled_from(sorted(set(VALUES_OF_KIND) - {_json_kind(old)})), label="kind")
+            new = data.draw(VALUES_OF_KIND[kind], label="value")
+            parent[path[-1]] = new
+        (folder / f"{part}.json").write_text(json.dumps(document))
+        ckpt.write_manifest(folder)
+        code, err = _cli(["run", "--resume", str(run)], capsys)
+        event(f"{part} {action}: exit {code}")
+        if code == 2:
+            _one_line(err)
+        else:
+            assert code == 0, err
+            assert _matrices(run) == matrices, f"{part} {action} at {path}: exit 0 with another result"
+    finally:
+        shutil.rmtree(run.parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("key", ["\x1e", "two\nlines", "\u2028"])
+def test_a_line_break_inside_a_message_stays_on_its_line(
+    original: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    """Found by the fuzzer: a config key holding '\\x1e' (a line break to ``str.splitlines``)
+    split the resume refusal in two. Every message is printed with its line breaks escaped."""
+    run = _copy(original[0])
+    try:
+        folder = run / ckpt.CHECKPOINT
+        document = json.loads((folder / "experiment.json").read_text())
+        document["data"]["config"][key] = 1
+        (folder / "experiment.json").write_text(json.dumps(document))
+        ckpt.write_manifest(folder)
+        code, err = _cli(["run", "--resume", str(run)], capsys)
+        assert code == 2 and "another config" in _one_line(err)
+    finally:
+        shutil.rmtree(run.parent, ignore_errors=True)
