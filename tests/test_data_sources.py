@@ -411,3 +411,28 @@ def test_registry_and_unknown_name() -> None:
     assert load_dataset("digits").train_x.shape[1:] == (1, 8, 8)
     with pytest.raises(ConfigError, match="did you mean 'fashion-mnist'"):
         load_dataset("fashion_mnist")
+
+
+def test_the_run_folder_says_which_files_its_data_came_from(isolated: Path) -> None:
+    """issue #15: config.yaml (as comments, so it still loads) and metrics.json name every file
+    read, absolute and resolved; a folder name with a line break cannot break the YAML."""
+    import json
+
+    from forgetless.config import load_config_file, make_config
+    from forgetless.reports.results import save_experiment
+    from forgetless.training.experiment import resolve, run_experiment
+
+    folder = isolated / "odd\nname: 1"
+    write_mnist_like(folder, n_train=40, n_test=20)
+    values = dict(benchmark="split-mnist", tasks=2, epochs=1, hidden=[8], strategies=["naive"])
+    config = resolve(make_config(**values, data_dir=folder, download=False))
+    result = run_experiment(config)
+    expected = [str((folder / name).resolve()) for name in IDX_FILES]
+    assert result.data_sources == expected
+    (isolated / "run").mkdir()
+    save_experiment(result, isolated / "run", plots_too=False)
+    text = (isolated / "run" / "config.yaml").read_text()
+    assert text.startswith("# data read from:\n#   ") and json.dumps(expected[0]) in text
+    assert resolve(make_config(**load_config_file(isolated / "run" / "config.yaml"))) == config
+    assert json.loads((isolated / "run" / "metrics.json").read_text())["data_sources"] == expected
+    assert load_digits_dataset().sources[0].startswith("scikit-learn ")

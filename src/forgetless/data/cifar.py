@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -141,7 +141,8 @@ def load_cifar(fmt: CifarFormat, data_dir: Path | str | None = None, download: b
         alternatives=[names, [f"{fmt.subdir}/{n}" for n in names]],
     )
     sources = _sources(fmt, folder)
-    return cached_dataset(fmt.name, [file_key(path) for path in sources], lambda: _decode(fmt, sources))
+    dataset = cached_dataset(fmt.name, [file_key(path) for path in sources], lambda: _decode(fmt, sources))
+    return replace(dataset, sources=tuple(str(path.resolve()) for path in sources))
 
 
 def _decode(fmt: CifarFormat, sources: list[Path]) -> ImageDataset:

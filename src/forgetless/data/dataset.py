@@ -24,6 +24,8 @@ class ImageDataset:
     num_classes: int
     max_value: float = 255.0
     class_names: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    """Where the data were read from: the files (absolute paths) or the package that ships them."""
 
     @property
     def input_shape(self) -> tuple[int, ...]:

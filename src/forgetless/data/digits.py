@@ -3,6 +3,8 @@ Handwritten Digits", test part): 1797 images, pixel values 0..16. No download ne
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -23,7 +25,8 @@ def load_digits_dataset() -> ImageDataset:
         sklearn_version = version("scikit-learn")
     except PackageNotFoundError:
         return _decode()  # names the missing package
-    return cached_dataset("digits", [f"scikit-learn {sklearn_version}", f"{TEST_FRACTION}:{SPLIT_SEED}"], _decode)
+    dataset = cached_dataset("digits", [f"scikit-learn {sklearn_version}", f"{TEST_FRACTION}:{SPLIT_SEED}"], _decode)
+    return replace(dataset, sources=(f"scikit-learn {sklearn_version}: sklearn.datasets.load_digits()",))
 
 
 def _decode() -> ImageDataset:

@@ -12,6 +12,7 @@ import gzip
 import math
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,8 @@ def _load(name: str, class_names: tuple[str, ...], data_dir: Path | str | None, 
         test_x, test_y = load_idx_pair(files[2], files[3])
         return ImageDataset(name, train_x, train_y, test_x, test_y, 10, max_value=255.0, class_names=class_names)
 
-    return cached_dataset(name, [file_key(f) for f in files], decode)
+    dataset = cached_dataset(name, [file_key(f) for f in files], decode)
+    return replace(dataset, sources=tuple(str(f.resolve()) for f in files))
 
 
 def load_mnist(data_dir: Path | str | None = None, download: bool = True) -> ImageDataset:

@@ -67,6 +67,8 @@ class Scenario:
     """One output count per task (task-IL) or a single entry (domain-/class-IL)."""
     active_outputs: list[int] = field(default_factory=list)
     """Class-IL: number of live outputs after each task arrives (cumulative class count)."""
+    sources: tuple[str, ...] = ()
+    """Where the data were read from (:attr:`ImageDataset.sources`); empty for in-memory tasks."""
 
     @property
     def num_tasks(self) -> int:
@@ -189,6 +191,7 @@ def split(
             max_value=data.max_value,
             head_sizes=head_sizes,
             active_outputs=active,
+            sources=data.sources,
         )
     )
 
@@ -232,7 +235,9 @@ def _relabelled_stream(
     n = len(tasks)
     head_sizes = [k] * n if kind == "task" else [k * n] if kind == "class" else [k]
     active = [k * (i + 1) for i in range(n)] if kind == "class" else []
-    return check_tasks(Scenario(kind, name, tasks, data.input_shape, data.max_value, head_sizes, active))
+    return check_tasks(
+        Scenario(kind, name, tasks, data.input_shape, data.max_value, head_sizes, active, sources=data.sources)
+    )
 
 
 def pixel_permutations(n_pixels: int, n_tasks: int, seed: int) -> list[torch.Tensor]:
@@ -333,6 +338,7 @@ def validation_split(scenario: Scenario, fraction: float, seed: int) -> Scenario
             scenario.max_value,
             scenario.head_sizes,
             scenario.active_outputs,
+            scenario.sources,
         )
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ def save_experiment(
     drawn by ``plotter`` when one is given (:mod:`.plot_worker`), else in this process."""
     out = Path(out)
     config = result.config
-    atomic_write_text(out / "config.yaml", dump_config(config))
+    read_from = "".join(f"#   {s if s.isprintable() else json.dumps(s)}\n" for s in result.data_sources)
+    header = f"# data read from:\n{read_from}" if read_from else ""
+    atomic_write_text(out / "config.yaml", header + dump_config(config))
     complete = [n for n, runs in result.runs.items() if runs and runs[0].matrix.shape[0] == runs[0].matrix.shape[1]]
     summary = result.summary() if complete else {}
     metrics = {
@@ -51,6 +54,7 @@ def save_experiment(
         "tasks": config.tasks,
         "seeds": [config.seed + i for i in range(config.seeds)],
         "summary": summary,
+        "data_sources": result.data_sources,
         "fwt_reference": "accuracy of the randomly initialised model on each task (same seed)",
         "runs": {name: [_run_record(result, name, i) for i in range(len(runs))] for name, runs in result.runs.items()},
     }

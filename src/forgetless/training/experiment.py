@@ -166,6 +166,8 @@ class ExperimentResult:
 
     config: RunConfig
     runs: dict[str, list[RunResult]] = field(default_factory=dict)
+    data_sources: list[str] = field(default_factory=list)
+    """Every file (or package) the runs' data were read from, in the order first read."""
 
     def joint_reference(self, seed_index: int) -> np.ndarray | None:
         joint = self.runs.get("joint")
@@ -259,6 +261,7 @@ def run_experiment(
                 if scenario is None:
                     scenario = load_scenario(config, seed)
                     check_memory(config, scenario)
+                    result.data_sources += [s for s in scenario.sources if s not in result.data_sources]
                 learner = build_learner(config, scenario, combination, seed)
                 if saved is not None and saved.run == key:
                     learner.load_checkpoint(saved.learner)
