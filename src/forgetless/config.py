@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,8 +47,11 @@ class RunConfig(BaseModel):
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    model: Literal["mlp", "cnn"] | None = None
+    model: str | None = None
+    """``mlp``, ``cnn``, ``reduced-resnet18``, ``resnet18``/``34``/``50``, or ``package.module:factory``
+    (a function of the input shape returning any feature extractor, :func:`forgetless.models.model.user_backbone`)."""
     hidden: list[int] | None = None
+    """MLP widths, CNN channels, or a ResNet's base width (``[20]`` for reduced-resnet18)."""
     init: Literal["pytorch", "xavier"] = "pytorch"
     """Weight initialisation (forgetless.models.init): PyTorch's default or Xavier-uniform with
     zero biases, the peers' (Mammoth's) choice; it matters with plain SGD, not with Adam."""
@@ -71,6 +75,16 @@ class RunConfig(BaseModel):
     eval_every: int = Field(50, ge=1)
     # reliability
     checkpoint_every: int | None = Field(None, ge=1)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str | None) -> str | None:
+        from forgetless.models.resnet import RESNETS
+
+        kinds = ("mlp", "cnn", *RESNETS)
+        if value is None or value in kinds or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            return value
+        raise ValueError(f"unknown model {value!r}: one of {', '.join(kinds)}, or package.module:factory")
 
     @field_validator("hidden")
     @classmethod

@@ -51,7 +51,9 @@ def run(
     batch_size: Optional[int] = typer.Option(None, help="training batch size"),
     lr: Optional[float] = typer.Option(None, help="learning rate"),
     optimizer: Optional[str] = typer.Option(None, help="adam | sgd"),
-    model: Optional[str] = typer.Option(None, help="mlp | cnn"),
+    model: Optional[str] = typer.Option(
+        None, help="mlp | cnn | reduced-resnet18 | resnet18 | resnet34 | resnet50 | package.module:factory"
+    ),
     hidden: Optional[str] = typer.Option(None, help="hidden widths, e.g. 400,400"),
     init: Optional[str] = typer.Option(None, help="weight init: pytorch (default) | xavier"),
     buffer_size: Optional[int] = typer.Option(None, help="replay budget in samples"),

@@ -1,6 +1,6 @@
-"""Models: backbones (MLP, small CNN) and scenario heads (multi-head, incremental)."""
+"""Models: backbones (MLP, small CNN, ResNets, any user module) and scenario heads."""
 
 from forgetless.models.heads import INACTIVE_LOGIT, IncrementalHead, MultiHead
-from forgetless.models.model import ContinualModel, build_model
+from forgetless.models.model import ContinualModel, build_model, model_for
 
-__all__ = ["INACTIVE_LOGIT", "ContinualModel", "IncrementalHead", "MultiHead", "build_model"]
+__all__ = ["INACTIVE_LOGIT", "ContinualModel", "IncrementalHead", "MultiHead", "build_model", "model_for"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import importlib
 
 import torch
 from torch import nn
 
+from forgetless.errors import ConfigError
 from forgetless.models.backbones import mlp, small_cnn
 from forgetless.models.heads import IncrementalHead, MultiHead
 from forgetless.models.init import Init, initialise
+from forgetless.models.resnet import RESNETS, resnet
 
 
 class ContinualModel(nn.Module):
@@ -31,8 +33,55 @@ class ContinualModel(nn.Module):
         return self.backbone(x)
 
 
+def feature_width(backbone: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """The feature size of ``backbone`` on ``input_shape`` inputs, from one forward of two zero
+    inputs (eval mode, no gradient; on the meta device when built there)."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(torch.zeros(2, *input_shape))
+    except Exception as error:
+        raise ConfigError(
+            f"the backbone failed on inputs of shape {tuple(input_shape)} ({type(error).__name__}: {error}): "
+            "it must take [batch, *input_shape] tensors"
+        ) from None
+    finally:
+        backbone.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"the backbone returned {shape}: a backbone must return features [batch, width]")
+    return int(out.shape[1])
+
+
+def user_backbone(spec: str, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
+    """``package.module:factory``: ``factory(input_shape)`` returns an ``nn.Module`` that maps
+    ``[batch, *input_shape]`` inputs to ``[batch, width]`` features (any architecture)."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(
+            f"--model {spec}: cannot load {attribute!r} from {module_name!r} ({error}); give package.module:factory, "
+            "importable from here"
+        ) from None
+    backbone = factory(tuple(input_shape))
+    if not isinstance(backbone, nn.Module):
+        raise ConfigError(f"--model {spec}: the factory returned a {type(backbone).__name__}, not a torch nn.Module")
+    return backbone, feature_width(backbone, input_shape)
+
+
+def model_for(
+    backbone: nn.Module, head_sizes: list[int], multi_head: bool, input_shape: tuple[int, ...]
+) -> ContinualModel:
+    """A continual model around a user's feature extractor: the head the scenario needs on top."""
+    width = feature_width(backbone, input_shape)
+    head = MultiHead(width, head_sizes) if multi_head else IncrementalHead(width, head_sizes[0])
+    return ContinualModel(backbone, head)
+
+
 def build_model(
-    kind: Literal["mlp", "cnn"],
+    kind: str,
     input_shape: tuple[int, ...],
     head_sizes: list[int],
     multi_head: bool,
@@ -41,12 +90,18 @@ def build_model(
 ) -> ContinualModel:
     """Build the backbone of ``kind`` and the head the scenario needs, initialised by ``init``.
 
-    ``head_sizes`` holds one output count per task for a multi-head model, else one entry.
+    ``kind``: ``mlp``, ``cnn``, a ResNet (:mod:`forgetless.models.resnet`; ``hidden[0]`` is its base
+    width) or ``package.module:factory`` (:func:`user_backbone`). ``head_sizes`` holds one output
+    count per task for a multi-head model, else one entry.
     """
     if kind == "mlp":
         backbone, width = mlp(input_shape, hidden)
     elif kind == "cnn":
         backbone, width = small_cnn(input_shape, hidden)
+    elif kind in RESNETS:
+        backbone, width = resnet(kind, input_shape, hidden[0] if hidden else None)
+    elif ":" in kind:
+        backbone, width = user_backbone(kind, input_shape)
     else:
         raise ValueError(f"unknown model kind {kind!r}")
     head = MultiHead(width, head_sizes) if multi_head else IncrementalHead(width, head_sizes[0])

@@ -26,6 +26,7 @@ from forgetless.errors import ConfigError, NumericalError
 from forgetless.io import atomic_write_json
 from forgetless.metrics import summarize
 from forgetless.models import build_model
+from forgetless.models.resnet import DEFAULT_WIDTH
 from forgetless.strategies import make_strategies
 from forgetless.training import checkpoint as ckpt
 from forgetless.training.learner import Learner, Progress, RunResult
@@ -35,16 +36,26 @@ CONFIG_FILE = "config.yaml"
 """The resolved config in a run folder (written with ``metrics.json``, read on resume)."""
 
 
+def _default_widths(model: str, bench) -> list[int] | None:
+    """The benchmark's widths for its own model; a ResNet's base width; none for a user's model."""
+    if model == bench.model:
+        return list(bench.hidden)
+    if model in DEFAULT_WIDTH:
+        return [DEFAULT_WIDTH[model]]
+    return None if ":" in model else list(bench.hidden)
+
+
 def resolve(config: RunConfig) -> RunConfig:
     """Fill the fields left unset with the benchmark's defaults."""
     bench = get_benchmark(config.benchmark)
+    model = config.model or bench.model
     return config.model_copy(
         update={
             "scenario": config.scenario or bench.scenario,
             "tasks": config.tasks or bench.n_tasks,
             "epochs": config.epochs or bench.epochs,
-            "model": config.model or bench.model,
-            "hidden": config.hidden or list(bench.hidden),
+            "model": model,
+            "hidden": config.hidden or _default_widths(model, bench),
         }
     )
 
@@ -124,7 +135,7 @@ def check_memory(config: RunConfig, scenario: Scenario, available: int | None = 
     if model_bytes * 10 >= available or buffer_bytes * 10 < available:
         widths = ",".join(str(w) for w in hidden)
         parts.append(
-            f"--hidden {widths}: {_gib(model_bytes)} for {'a CNN' if config.model == 'cnn' else 'an MLP'} "
+            f"--hidden {widths}: {_gib(model_bytes)} for a {config.model or 'mlp'} network "
             f"of {parameters:,} parameters "
             "with gradients and optimizer state"
         )
