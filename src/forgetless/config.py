@@ -55,6 +55,11 @@ class RunConfig(BaseModel):
     init: Literal["pytorch", "xavier"] = "pytorch"
     """Weight initialisation (forgetless.models.init): PyTorch's default or Xavier-uniform with
     zero biases, the peers' (Mammoth's) choice; it matters with plain SGD, not with Adam."""
+    augment: Literal["none", "crop-flip"] = "none"
+    """Training augmentation, batched on the device (forgetless.training.augment)."""
+    augment_padding: int | None = Field(None, ge=0, le=64)
+    """Zero padding of crop-flip's random crop; unset: ``min(4, side // 8)``, at least 1 (4 for
+    32x32 CIFAR images as the papers use, 3 for 28x28, 1 for 8x8 digits)."""
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, le=1024)
     data_dir: Path | None = None

@@ -57,6 +57,7 @@ def run(
     hidden: Optional[str] = typer.Option(None, help="hidden widths, e.g. 400,400"),
     init: Optional[str] = typer.Option(None, help="weight init: pytorch (default) | xavier"),
     buffer_size: Optional[int] = typer.Option(None, help="replay budget in samples"),
+    augment: Optional[str] = typer.Option(None, help="none (default) | crop-flip: batched, on the device"),
     validation: Optional[float] = typer.Option(
         None, help="hold out this fraction of training data and evaluate on it (tuning)"
     ),
@@ -106,6 +107,7 @@ def run(
         "hidden": _parse_widths(hidden),
         "init": init,
         "buffer_size": buffer_size,
+        "augment": augment,
         "validation": validation,
         "layerwise_lr_decay": layerwise_lr_decay,
         "warmup_steps": warmup_steps,

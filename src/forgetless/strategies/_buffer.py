@@ -51,10 +51,12 @@ class BufferSample:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def to_batch(self, ctx: TrainingContext) -> Batch:
-        """A model-ready :class:`Batch`; task ids go along only where the scenario uses them."""
+    def to_batch(self, ctx: TrainingContext, augmented: bool = True) -> Batch:
+        """A model-ready :class:`Batch` (augmented as training rows are, unless told not to);
+        task ids go along only where the scenario uses them."""
         task_ids = self.tasks if ctx.scenario.uses_task_id else None
-        return Batch(ctx.prepare(self.inputs), self.labels, task_ids, self.inputs)
+        x = ctx.training_inputs(self.inputs) if augmented else ctx.prepare(self.inputs)
+        return Batch(x, self.labels, task_ids, self.inputs)
 
 
 def active_outputs(logits: torch.Tensor) -> torch.Tensor:

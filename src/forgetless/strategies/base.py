@@ -113,6 +113,8 @@ class TrainingContext:
     strategies: list[Strategy] = field(default_factory=list)
     """Set by the learner: every strategy of the run, in order (the safety brake's rollback
     restores their state)."""
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """Set by the learner from ``config.augment``: the batched training augmentation."""
 
     @property
     def task(self) -> Task:
@@ -125,6 +127,12 @@ class TrainingContext:
     def prepare(self, raw: torch.Tensor) -> torch.Tensor:
         """Compact stored inputs to model-ready floats."""
         return self.scenario.to_float(raw)
+
+    def training_inputs(self, raw: torch.Tensor) -> torch.Tensor:
+        """:meth:`prepare`, then the run's augmentation (``--augment``) when it has one: for
+        rows the model trains on, never for evaluation or importance estimates."""
+        x = self.scenario.to_float(raw)
+        return x if self.augment is None else self.augment(x)
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]

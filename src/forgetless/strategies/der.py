@@ -90,7 +90,7 @@ class DER(ReplayStrategy):
         if buffer.size == 0:
             return
         stored = buffer.take(torch.arange(buffer.size, device=buffer.labels.device))
-        replay = stored.to_batch(ctx)
+        replay = stored.to_batch(ctx, augmented=False)
         with torch.no_grad():
             live = ctx.model(replay.x, replay.task_ids)
         width = min(live.shape[1], stored.logits.shape[1])

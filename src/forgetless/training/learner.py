@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from forgetless.data.scenarios import Scenario
 from forgetless.models.heads import IncrementalHead
 from forgetless.strategies.base import Batch, Strategy, TrainingContext, TrainingSet
 from forgetless.training import checkpoint as ckpt
+from forgetless.training.augment import crop_flip, default_padding
 from forgetless.training.evaluation import task_accuracies
 from forgetless.training.nonfinite import NonFiniteWatch
 from forgetless.training.optim import build_optimizer, build_scheduler
@@ -101,6 +103,10 @@ class Learner:
             generator=self.generator,
         )
         self.ctx.accuracies = self.evaluate
+        if config.augment == "crop-flip":
+            padding = config.augment_padding
+            padding = default_padding(scenario.input_shape) if padding is None else padding
+            self.ctx.augment = partial(crop_flip, padding=padding, generator=self.generator)
         self.ctx.strategies = self.strategies
         for strategy in strategies:
             replacement = strategy.setup(self.ctx)
@@ -415,7 +421,7 @@ class Learner:
         ctx, hooks, model = self.ctx, self.hooks, self.model
         raw = data.x[index]
         task_ids = data.task_ids if not isinstance(data.task_ids, torch.Tensor) else data.task_ids[index]
-        batch = Batch(self.scenario.to_float(raw), data.y[index], task_ids, raw)
+        batch = Batch(ctx.training_inputs(raw), data.y[index], task_ids, raw)
         ctx.current_size = len(batch)
         for strategy in hooks["replay_batch"]:
             extra = strategy.replay_batch(ctx, batch)
