@@ -55,6 +55,9 @@ class RunConfig(BaseModel):
     init: Literal["pytorch", "xavier"] = "pytorch"
     """Weight initialisation (forgetless.models.init): PyTorch's default or Xavier-uniform with
     zero biases, the peers' (Mammoth's) choice; it matters with plain SGD, not with Adam."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision (forgetless.training.precision): fp32, or bf16/fp16 autocast with
+    float32 weights and strategy states (fp16 with dynamic loss scaling)."""
     augment: Literal["none", "crop-flip"] = "none"
     """Training augmentation, batched on the device (forgetless.training.augment)."""
     augment_padding: int | None = Field(None, ge=0, le=64)

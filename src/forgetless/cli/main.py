@@ -58,6 +58,7 @@ def run(
     init: Optional[str] = typer.Option(None, help="weight init: pytorch (default) | xavier"),
     buffer_size: Optional[int] = typer.Option(None, help="replay budget in samples"),
     augment: Optional[str] = typer.Option(None, help="none (default) | crop-flip: batched, on the device"),
+    precision: Optional[str] = typer.Option(None, help="fp32 (default) | bf16 | fp16: training autocast"),
     validation: Optional[float] = typer.Option(
         None, help="hold out this fraction of training data and evaluate on it (tuning)"
     ),
@@ -108,6 +109,7 @@ def run(
         "init": init,
         "buffer_size": buffer_size,
         "augment": augment,
+        "precision": precision,
         "validation": validation,
         "layerwise_lr_decay": layerwise_lr_decay,
         "warmup_steps": warmup_steps,

@@ -499,6 +499,7 @@ class _LearnerPart(_Part):
     loop: _Loop
     order: Tensor | None = None
     rng: dict[str, Any]
+    precision: dict[str, Any] | None = None
     extras: dict[str, Any] = Field(default_factory=dict)
     result: _Result
 

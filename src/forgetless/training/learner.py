@@ -35,6 +35,7 @@ from forgetless.training.augment import crop_flip, default_padding
 from forgetless.training.evaluation import task_accuracies
 from forgetless.training.nonfinite import NonFiniteWatch
 from forgetless.training.optim import build_optimizer, build_scheduler
+from forgetless.training.precision import Precision
 from forgetless.training.result import RunResult
 
 Progress = Callable[[int, int, int], None]
@@ -123,6 +124,7 @@ class Learner:
         self._interrupted = False
         self._next_event = _NEVER
         self.nonfinite = NonFiniteWatch(self.device, self._nonfinite_message)
+        self.precision = Precision(config.precision, self.device)
 
     @property
     def model(self) -> nn.Module:
@@ -318,6 +320,7 @@ class Learner:
             "loop": loop,
             "order": order,
             "rng": ckpt.capture_rng(self.generator),
+            "precision": self.precision.state_dict(),
             "extras": dict(ctx.extras),
             "result": {
                 "baseline": torch.from_numpy(np.asarray(result.baseline, dtype=np.float64)),
@@ -360,6 +363,7 @@ class Learner:
         ctx.task_index, ctx.step = loop["task_index"], loop["step"]
         ctx.global_step, ctx.epoch = loop["global_step"], loop.get("epoch", 0)
         ctx.extras.update(state.get("extras") or {})
+        self.precision.load_state_dict(state.get("precision") or {})
         if loop["active"] is not None:
             self._active = loop["active"]
             self._set_active_outputs(self._active)
@@ -427,20 +431,21 @@ class Learner:
             extra = strategy.replay_batch(ctx, batch)
             if extra is not None and len(extra):
                 batch = batch.concat(extra)
-        logits = model(batch.x, batch.task_ids)
-        loss = F.cross_entropy(logits, batch.y)
-        for strategy in hooks["loss"]:
-            term = strategy.loss(ctx, batch, logits)
-            if term is not None:
-                loss = loss + term
+        with self.precision.autocast():
+            logits = model(batch.x, batch.task_ids)
+            loss = F.cross_entropy(logits, batch.y)
+            for strategy in hooks["loss"]:
+                term = strategy.loss(ctx, batch, logits)
+                if term is not None:
+                    loss = loss + term
         self.nonfinite.watch(loss.detach(), ctx.step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.precision.backward(loss, optimizer)
         if hooks["project_gradient"]:
             self._project(batch)
         for strategy in hooks["before_step"]:
             strategy.before_step(ctx)
-        optimizer.step()
+        self.precision.step(optimizer)
         if scheduler is not None:
             scheduler.step()
         ctx.step += 1
