@@ -6,11 +6,39 @@ evaluation (every capability's drop ``<= stop_if_drop``; among those the best ne
 or the latest when there is none) and, at the first evaluation where some capability drops by
 more than the threshold, stops training and restores that copy (evaluation-driven stopping, a
 form of early stopping: Prechelt 1998, applied to the old capabilities instead of validation loss).
+
+**Logs.** Every evaluation goes through ``Trainer.log`` (so into ``trainer.state.log_history``
+and every ``report_to`` integration) at its step as ``keep/<capability>`` (the metric),
+``forget/<capability>`` (its drop from step 0: relative for perplexity, absolute for
+accuracies), ``forget/worst`` (the largest drop) and ``task/<task>`` (the new task's metric,
+when the tracker has one); a stop logs ``forget/stopped_at_step`` and ``forget/restored_step``.
+A :class:`~forgetless.integrations.hf.trainer.ForgettingTrainerMixin` trainer attaches its
+callbacks itself; with a plain ``Trainer`` call ``callback.attach(trainer)``, else the entries
+reach ``log_history`` only (no integration sees them). Each ``Trainer.evaluate()`` also carries
+``eval_keep_<capability>``, ``eval_forget_<capability>``, ``eval_forget_worst`` (and
+``eval_task_<task>``), measured at that step, so that ``metric_for_best_model`` and
+``EarlyStoppingCallback`` can use them (with a plain ``Trainer``: list this callback before
+``EarlyStoppingCallback``).
+
+**Checkpoints.** At each Trainer save the callback writes its state into the checkpoint folder:
+``forgetless_callback.json`` / ``.safetensors`` (the tracker's ``state_dict``: every record so
+far, the step-0 baseline first, and the fitted heads; the best record, the stop step) and
+``forgetless_best.safetensors`` (the best weights, under the model's parameter names). Nothing
+is pickled. When ``trainer.train(resume_from_checkpoint=...)`` resumes, a new callback (with a
+tracker of the same capabilities) loads that state back at ``on_train_begin``, so the report of
+the resumed run is the one of an uninterrupted run. The folder is the one given to ``train``
+(known to a ``ForgettingTrainerMixin`` trainer, or set ``callback.resume_from``), else
+``args.resume_from_checkpoint``, else ``<output_dir>/checkpoint-<step>``; a resume from a
+checkpoint without that state is refused (its "before" would be the resumed model).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +49,12 @@ from forgetless.errors import ConfigError
 from forgetless.integrations.hf.tracker import CapabilityTracker
 
 Listener = Callable[[dict[str, Any]], None]
+STATE_NAME = "forgetless_callback"
+"""``<checkpoint>/forgetless_callback.json`` + ``.safetensors``: the callback's state."""
+BEST_WEIGHTS_NAME = "forgetless_best.safetensors"
+"""``<checkpoint>/forgetless_best.safetensors``: the best weights (parameter name -> tensor)."""
+
+_logger = logging.getLogger(__name__)
 
 
 class ForgettingCallback(TrainerCallback):
@@ -43,9 +77,23 @@ class ForgettingCallback(TrainerCallback):
         self.best_record: dict[str, Any] | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.final_record: dict[str, Any] | None = None
+        self.resume_from: str | None = None
+        """Checkpoint folder the next ``train()`` resumes from (set by ``ForgettingTrainerMixin.train``)."""
         self._tracked: list[str] = []
+        self._trainer: weakref.ref[Any] | None = None
+        self._running = False
+        self._warned = False
+
+    def attach(self, trainer: Any) -> ForgettingCallback:
+        """Log through ``trainer.log`` (``log_history`` and every ``report_to`` integration)."""
+        self._trainer = weakref.ref(trainer)
+        return self
 
     # -- helpers ------------------------------------------------------------------------------
+    @property
+    def guarding(self) -> bool:
+        return self.stop_if_drop is not None and self.restore_best
+
     def acceptable(self, record: dict[str, Any]) -> bool:
         if self.stop_if_drop is None:
             return True
@@ -69,26 +117,110 @@ class ForgettingCallback(TrainerCallback):
             for name, value in self.best_weights.items():
                 params[name].copy_(value.to(params[name].device))
 
-    def _evaluate(self, model: nn.Module, step: int) -> dict[str, Any]:
-        record = self.tracker.evaluate(model, step)
+    def _log(self, state: TrainerState, logs: dict[str, float]) -> None:
+        trainer = self._trainer() if self._trainer is not None else None
+        if trainer is not None:
+            trainer.log(dict(logs))
+            return
+        state.log_history.append({**logs, "step": state.global_step})
+        if not self._warned:
+            self._warned = True
+            _logger.warning(
+                "ForgettingCallback is not attached to its Trainer: its figures reach trainer.state.log_history "
+                "only, no report_to integration; use ForgetlessTrainer / ForgettingTrainerMixin or call "
+                "callback.attach(trainer)"
+            )
+
+    def metrics(self, record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+        """The logged figures of ``record``: ``keep/…``, ``forget/…`` (``prefix="eval_"``: ``eval_keep_…``)."""
+        keep, forget, task = (
+            ("keep/", "forget/", "task/") if not prefix else (f"{prefix}keep_", f"{prefix}forget_", f"{prefix}task_")
+        )
+        out = {f"{keep}{name}": float(value) for name, value in record["scores"].items()}
+        out.update({f"{forget}{name}": float(value) for name, value in record["drops"].items()})
+        out[f"{forget}worst"] = float(self.tracker.max_drop(record)[1])
+        if self.tracker.task is not None and record["task"] is not None:
+            out[f"{task}{self.tracker.task.name}"] = float(record["task"])
+        return out
+
+    def _evaluate(self, model: nn.Module, state: TrainerState) -> dict[str, Any]:
+        record = self.tracker.evaluate(model, state.global_step)
         for listener in self.listeners:
             listener(record)
+        self._log(state, self.metrics(record))
         return record
 
-    def _consider(self, model: nn.Module, record: dict[str, Any], control: TrainerControl) -> None:
-        guarding = self.stop_if_drop is not None and self.restore_best
+    def _consider(self, model: nn.Module, record: dict[str, Any], state: TrainerState, control: TrainerControl) -> None:
         if self.acceptable(record):
             if self._better(record):
                 self.best_record = record
-                if guarding:
+                if self.guarding:
                     self.best_weights = self._snapshot(model)
             return
         if self.stop_if_drop is not None:
             self.stopped_at = record["step"]
             control.should_training_stop = True
-            if guarding and self.best_weights is not None:
+            event = {"forget/stopped_at_step": record["step"]}
+            if self.guarding and self.best_weights is not None:
                 self._restore(model)
                 self.final_record = {**self.best_record, "restored_at": record["step"]}
+                event["forget/restored_step"] = self.best_record["step"]
+            self._log(state, event)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self, folder: str | Path, step: int) -> None:
+        """Write the state into a checkpoint folder (JSON + safetensors; nothing pickled)."""
+        from safetensors.torch import save
+
+        from forgetless.io import write_synced
+        from forgetless.training.checkpoint import write_tree
+
+        folder = Path(folder)
+        state = self.state_dict()
+        best = state.pop("best_weights")
+        state["global_step"] = int(step)
+        state["has_best_weights"] = best is not None
+        if best is not None:
+            write_synced(folder / BEST_WEIGHTS_NAME, save({n: t.contiguous() for n, t in best.items()}))
+        write_tree(folder, STATE_NAME, state)
+
+    def load(self, folder: str | Path) -> None:
+        """Load the state :meth:`save` wrote (the tracker must keep the same capabilities)."""
+        from forgetless.training.checkpoint import CheckpointError, load_tensors, read_tree
+
+        folder = Path(folder)
+        state = read_tree(folder, STATE_NAME)
+        history = state["tracker"]["history"]
+        saved = sorted(history[0]["scores"]) if history else []
+        names = sorted(c.name for c in self.tracker.capabilities)
+        if saved != names:
+            raise CheckpointError(
+                f"{folder}: the checkpoint tracked capabilities {saved}, this tracker keeps {names}: "
+                "resume with the same --keep capabilities"
+            )
+        state["best_weights"] = load_tensors(folder / BEST_WEIGHTS_NAME) if state["has_best_weights"] else None
+        self.load_state_dict(state)
+
+    def _resume_folder(self, args: TrainingArguments, step: int) -> Path:
+        from forgetless.training.checkpoint import CheckpointError
+
+        given = [self.resume_from, getattr(args, "resume_from_checkpoint", None)]
+        candidates = [Path(c) for c in given if isinstance(c, (str, Path)) and c]
+        candidates.append(Path(args.output_dir) / f"checkpoint-{step}")
+        for folder in candidates:
+            path = folder / f"{STATE_NAME}.json"
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8")).get("data", {}).get("global_step")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if saved == step:
+                return folder
+        raise CheckpointError(
+            f"resuming at step {step}, but no forgetless state ({STATE_NAME}.json) of that step is in "
+            f"{', '.join(str(c) for c in dict.fromkeys(candidates))}: this checkpoint was not saved with a "
+            "ForgettingCallback, so the report would take the resumed model as 'before'; start over, or "
+            "set callback.resume_from to the checkpoint folder"
+        )
 
     # -- Trainer events -----------------------------------------------------------------------
     def on_train_begin(
@@ -101,8 +233,11 @@ class ForgettingCallback(TrainerCallback):
     ) -> None:
         assert model is not None
         self._tracked = [n for n, p in model.named_parameters() if p.requires_grad]
-        if not self.tracker.history:
-            self._consider(model, self._evaluate(model, state.global_step), control)
+        self._running = True
+        if state.global_step > 0:  # resumed from a checkpoint
+            self.load(self._resume_folder(args, state.global_step))
+        elif not self.tracker.history:
+            self._consider(model, self._evaluate(model, state), state, control)
 
     def on_step_end(
         self,
@@ -113,8 +248,60 @@ class ForgettingCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         assert model is not None
-        if self.stopped_at is None and self.tracker.due(state.global_step):
-            self._consider(model, self._evaluate(model, state.global_step), control)
+        if self.stopped_at is not None:  # resumed from a checkpoint saved at the stop: undo the step
+            control.should_training_stop = True
+            if self.guarding and self.best_weights is not None:
+                self._restore(model)
+        elif self.tracker.due(state.global_step):
+            self._consider(model, self._evaluate(model, state), state, control)
+
+    def eval_metrics(
+        self, model: nn.Module, state: TrainerState, control: TrainerControl, prefix: str = "eval"
+    ) -> dict[str, float]:
+        """``<prefix>_keep_<capability>`` & co. for ``Trainer.evaluate()`` at this step (evaluated
+        now when this step has no record yet; the restored record after a stop)."""
+        record = None
+        history = self.tracker.history
+        if self._running and self.stopped_at is None and (not history or history[-1]["step"] != state.global_step):
+            record = self._evaluate(model, state)
+            self._consider(model, record, state, control)
+        if record is None:
+            record = self.final_record if self.stopped_at is not None and self.final_record else None
+            record = record or (history[-1] if history else None)
+        return self.metrics(record, f"{prefix}_") if record is not None else {}
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # A ForgettingTrainerMixin trainer has put them in already (and logged them); a plain
+        # Trainer has not: add them to the metrics it returns and to its last log entry.
+        if metrics is None or model is None:
+            return
+        prefix = next((k[: -len("_runtime")] for k in metrics if k.endswith("_runtime")), "eval")
+        if f"{prefix}_forget_worst" in metrics:
+            return
+        extra = self.eval_metrics(model, state, control, prefix)
+        metrics.update(extra)
+        last = state.log_history[-1] if state.log_history else {}
+        if last.get("step") == state.global_step and f"{prefix}_runtime" in last:
+            last.update(extra)
+
+    def on_save(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and self.tracker.history and folder.is_dir():
+            self.save(folder, state.global_step)
 
     def on_train_end(
         self,
@@ -125,9 +312,14 @@ class ForgettingCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         assert model is not None
-        if self.stopped_at is None:
+        self._running = False
+        if args.load_best_model_at_end and state.best_model_checkpoint is not None:
+            # the Trainer has just loaded its best checkpoint: report the record of that step
+            at_best = [r for r in self.tracker.history if r["step"] == state.best_global_step]
+            self.final_record = at_best[-1] if at_best else self._evaluate(model, state)
+        elif self.stopped_at is None:
             if self.tracker.after["step"] != state.global_step:
-                self._evaluate(model, state.global_step)
+                self._evaluate(model, state)
             self.final_record = self.tracker.after
         elif self.final_record is None:  # stopped, nothing to restore
             self.final_record = self.tracker.after

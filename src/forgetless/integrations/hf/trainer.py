@@ -6,10 +6,17 @@ where the replay rows come from a :class:`~forgetless.integrations.hf.mixing.Mix
 (split off by :class:`~forgetless.integrations.hf.mixing.SplitCollator`) and ``L_replay`` is the
 kept capability's own loss (LM loss on general text, or CE through a fixed head). Penalties are
 :class:`forgetless.strategies._penalty.AnchoredPenalty` objects (see ``penalties.py``).
+
+The mixin also wires its :class:`~forgetless.integrations.hf.callback.ForgettingCallback` s into
+the Trainer: their evaluations go through ``self.log`` (``log_history`` and every ``report_to``
+integration), every ``evaluate()`` carries ``eval_keep_<capability>`` & co. (for
+``metric_for_best_model`` and ``EarlyStoppingCallback``), and ``train(resume_from_checkpoint=...)``
+tells them the checkpoint folder whose forgetting state they load.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from forgetless.integrations.hf.callback import ForgettingCallback
 from forgetless.integrations.hf.mixing import MixingBatchSampler
 from forgetless.strategies._penalty import AnchoredPenalty
 
@@ -48,6 +56,39 @@ class ForgettingTrainerMixin:
         self.replay_loss = replay_loss
         self.mixing_sampler = mixing_sampler
         self.last_penalty = 0.0
+        for guard in self.forgetting_callbacks():
+            guard.attach(self)
+
+    def forgetting_callbacks(self) -> list[ForgettingCallback]:
+        handler = self.callback_handler  # type: ignore[attr-defined]
+        return [cb for cb in handler.callbacks if isinstance(cb, ForgettingCallback)]
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        folder = resume_from_checkpoint
+        if folder is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            folder = get_last_checkpoint(self.args.output_dir)  # type: ignore[attr-defined]
+        for guard in self.forgetting_callbacks():
+            guard.attach(self)
+            guard.resume_from = str(folder) if isinstance(folder, (str, os.PathLike)) else None
+        return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
+
+    def evaluation_loop(
+        self,
+        dataloader: DataLoader,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        parent = super().evaluation_loop  # type: ignore[misc]
+        output = parent(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if description == "Evaluation":  # evaluate() (logs these metrics next), not predict()
+            state, control = self.state, self.control  # type: ignore[attr-defined]
+            for guard in self.forgetting_callbacks():
+                output.metrics.update(guard.eval_metrics(self.model, state, control, metric_key_prefix))
+        return output
 
     def get_train_dataloader(self) -> DataLoader:
         if self.mixing_sampler is None:
