@@ -20,6 +20,7 @@ import torch
 from forgetless.config import RunConfig
 from forgetless.errors import ConfigError
 from forgetless.strategies.base import Batch, Strategy, TrainingContext
+from forgetless.training.brake import StopRule
 from forgetless.training.checkpoint import CheckpointError
 from forgetless.training.evaluation import task_accuracies
 from forgetless.training.optim import layer_groups
@@ -133,20 +134,21 @@ def _test_accuracies(ctx: TrainingContext, tasks: list[int]) -> np.ndarray:
 
 
 class SafetyBrake(Strategy):
-    """Evaluation-driven stopping: the "safety brake" of fine-tuning.
+    """Evaluation-driven stopping: the "safety brake" of fine-tuning, by the one
+    :class:`~forgetless.training.brake.StopRule` that the Hugging Face callback applies too.
 
-    Monitored score: mean accuracy over the earlier tasks (``0..t-1``) of task ``t``, measured
-    before the task starts (``reference``) and every ``eval_every`` optimizer steps (and at the
+    Monitored: the accuracy of every earlier task (``0..t-1``) of task ``t``, measured before
+    the task starts (the references) and every ``eval_every`` optimizer steps (and at the
     task's last step, ``ctx.steps_in_task``: that of the set the learner trains on,
-    ``training_set`` hooks included). The task stops at the first check where
-    ``drop = reference - score > threshold``; the run is then restored to the *best*
-    checkpoint, defined as the last checked state whose drop was within the threshold (the one
-    with the most training on the new task that still keeps earlier tasks within the limit; the
-    pre-task state if the very first check crosses). Restored are the weights and every other
-    strategy's state (through ``state_dict``/``load_state_dict``: SI's path integral, replay
-    memories), so the undone steps leave no trace; each check keeps one copy of both. Why and
-    where it stopped is logged and reported (``metrics.json``). The first task has no earlier
-    task and is never stopped.
+    ``training_set`` hooks included), with the new task's own accuracy. The task stops at the
+    first check where some earlier task has dropped by more than ``threshold``; the run is then
+    restored to the best acceptable check (the best new-task accuracy among the checks where
+    every earlier task was within the threshold, the latest on ties; the pre-task state if the
+    very first check crosses). Restored are the weights and every other strategy's state
+    (through ``state_dict``/``load_state_dict``: SI's path integral, replay memories), so the
+    undone steps leave no trace; each check keeps one copy of both. Why and where it stopped is
+    logged and reported (``metrics.json``). The first task has no earlier task and is never
+    stopped.
 
     The brake must run after every other strategy (:func:`schedule_strategies` is appended
     last): its pre-task copy is taken once the others have prepared the task.
@@ -157,7 +159,7 @@ class SafetyBrake(Strategy):
     """
 
     name = "safety_brake"
-    summary = "stop a task when earlier tasks' accuracy drops by more than a threshold"
+    summary = "stop a task when an earlier task's accuracy drops by more than a threshold"
 
     def __init__(self, threshold: float, eval_every: int, evaluate: Evaluate | None = None):
         super().__init__()
@@ -166,14 +168,18 @@ class SafetyBrake(Strategy):
         if eval_every < 1:
             raise ConfigError(f"eval_every must be at least 1 step, got {eval_every}")
         self.threshold = threshold
+        self.rule = StopRule(threshold)
         self.eval_every = eval_every
         self.evaluate = evaluate or _test_accuracies
-        self.reference: float | None = None
+        self.reference: list[float] | None = None
+        """Each earlier task's accuracy before the current task (None: nothing to check)."""
         self.best: dict[str, torch.Tensor] | None = None
         """Model weights at the best check."""
         self.best_strategies: list[dict[str, Any]] | None = None
         """Every other strategy's ``state_dict()`` at the best check, in the run's order."""
         self.best_step = 0
+        self.best_score: float | None = None
+        """The new task's accuracy at the best check."""
         self.log: dict[str, dict[str, Any]] = {}
 
     def before_task(self, ctx: TrainingContext) -> None:
@@ -181,7 +187,9 @@ class SafetyBrake(Strategy):
         if ctx.task_index == 0:
             self.reference = None
             return
-        self.reference = self._score(ctx)
+        earlier, new = self._scores(ctx)
+        self.reference = earlier
+        self.best_score = new
         self._keep_best(ctx, 0)
         self.log[str(ctx.task_index)] = {
             "reference": self.reference,
@@ -191,8 +199,10 @@ class SafetyBrake(Strategy):
             "restored_step": None,
         }
 
-    def _score(self, ctx: TrainingContext) -> float:
-        return float(np.mean(self.evaluate(ctx, list(range(ctx.task_index)))))
+    def _scores(self, ctx: TrainingContext) -> tuple[list[float], float]:
+        """Each earlier task's accuracy, and the current task's."""
+        scores = [float(v) for v in self.evaluate(ctx, list(range(ctx.task_index + 1)))]
+        return scores[:-1], scores[-1]
 
     def _others(self, ctx: TrainingContext) -> list[Strategy]:
         return [s for s in ctx.strategies if s is not self]
@@ -218,24 +228,28 @@ class SafetyBrake(Strategy):
     def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
         if self.reference is None or (ctx.step % self.eval_every and ctx.step != ctx.steps_in_task):
             return False
-        score = self._score(ctx)
-        drop = self.reference - score
+        earlier, new = self._scores(ctx)
+        drops = {str(task): reference - score for task, (reference, score) in enumerate(zip(self.reference, earlier))}
+        worst_task, worst = self.rule.worst(drops)
         entry = self.log[str(ctx.task_index)]
-        entry["checks"].append([ctx.step, score])
-        if drop <= self.threshold:
-            self._keep_best(ctx, ctx.step)
+        entry["checks"].append([ctx.step, worst, new])
+        if self.rule.acceptable(drops):
+            if self.rule.better(new, self.best_score):
+                self.best_score = new
+                self._keep_best(ctx, ctx.step)
             return False
         self._restore_best(ctx)
         entry["stopped_at_step"], entry["restored_step"] = ctx.step, self.best_step
-        entry["drop"] = drop
+        entry["drop"], entry["worst_task"] = worst, int(worst_task)
         log.warning(
-            "safety brake: task %d stopped at step %d: earlier tasks' mean accuracy %.4f is %.4f "
-            "below its pre-task value %.4f (threshold %.4f); restored the weights of step %d",
+            "safety brake: task %d stopped at step %d: task %s's accuracy %.4f is %.4f below its "
+            "pre-task value %.4f (threshold %.4f); restored the weights of step %d",
             ctx.task_index,
             ctx.step,
-            score,
-            drop,
-            self.reference,
+            worst_task,
+            earlier[int(worst_task)],
+            worst,
+            self.reference[int(worst_task)],
             self.threshold,
             self.best_step,
         )
@@ -249,6 +263,7 @@ class SafetyBrake(Strategy):
         state: dict[str, Any] = {
             "reference": self.reference,
             "best_step": self.best_step,
+            "best_score": self.best_score,
             "log": self.log,
         }
         if self.best is not None:
@@ -260,6 +275,7 @@ class SafetyBrake(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reference = state["reference"]
         self.best_step = state["best_step"]
+        self.best_score = state.get("best_score")
         self.log = state["log"]
         self.best = state.get("best")
         self.best_strategies = state.get("best_strategies")

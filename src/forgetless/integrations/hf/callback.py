@@ -47,6 +47,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from forgetless.errors import ConfigError
 from forgetless.integrations.hf.tracker import CapabilityTracker
+from forgetless.training.brake import StopRule
 
 Listener = Callable[[dict[str, Any]], None]
 STATE_NAME = "forgetless_callback"
@@ -95,16 +96,14 @@ class ForgettingCallback(TrainerCallback):
         return self.stop_if_drop is not None and self.restore_best
 
     def acceptable(self, record: dict[str, Any]) -> bool:
-        if self.stop_if_drop is None:
-            return True
-        return self.tracker.max_drop(record)[1] <= self.stop_if_drop
+        """Every kept capability within ``stop_if_drop`` (:class:`~forgetless.training.brake.StopRule`)."""
+        return StopRule(self.stop_if_drop).acceptable(record["drops"])
 
     def _better(self, record: dict[str, Any]) -> bool:
         task = self.tracker.task
-        if self.best_record is None or task is None or record["task"] is None:
+        if self.best_record is None or task is None:
             return True
-        new, old = record["task"], self.best_record["task"]
-        return new >= old if task.higher_is_better else new <= old
+        return StopRule.better(record["task"], self.best_record["task"], task.higher_is_better)
 
     def _snapshot(self, model: nn.Module) -> dict[str, torch.Tensor]:
         params = dict(model.named_parameters())
