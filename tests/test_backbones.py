@@ -4,7 +4,6 @@ a batch-norm network, and exact resume with batch-norm buffers (issue #17, item 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from forgetless.cli import main as cli
+from cli_helpers import run_cli
 from forgetless.config import make_config
 from forgetless.errors import ConfigError
 from forgetless.models import model_for
@@ -77,16 +76,8 @@ def test_any_module_through_the_python_api() -> None:
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    old, sys.argv = sys.argv, ["forgetless", *argv]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = old
-        cli._RUN_DIR[0] = None
-    return code, capsys.readouterr().err
+    code, _, err = run_cli(argv, capsys)
+    return code, err
 
 
 def test_a_factory_named_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

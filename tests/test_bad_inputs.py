@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import FAST, one_error_line, run_cli
 from forgetless.cli import main as cli
 from forgetless.config import MAX_SEED, load_config_file, make_config
 from forgetless.data import files
@@ -27,45 +28,6 @@ from forgetless.errors import ConfigError, DataError, OutputError
 from forgetless.strategies import discover, make_strategies
 from forgetless.training import checkpoint as ckpt
 from forgetless.training.experiment import check_memory, load_scenario, resolve
-
-FAST = [
-    "--benchmark",
-    "split-digits",
-    "--epochs",
-    "1",
-    "--tasks",
-    "2",
-    "--hidden",
-    "16",
-    "--batch-size",
-    "64",
-    "--threads",
-    "1",
-    "--quiet",
-]
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``forgetless ARGV`` in-process: (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["forgetless", *argv]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = old
-        cli._RUN_DIR[0] = None
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and "internal error" not in err
-    return lines[0]
 
 
 def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

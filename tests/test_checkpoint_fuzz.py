@@ -27,26 +27,18 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from cli_helpers import FAST, one_error_line, run_cli
 from forgetless.cli import main as cli
 from forgetless.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--benchmark", "split-digits", "--epochs", "1", "--tasks", "2", "--hidden", "16"]
-FAST += ["--batch-size", "64", "--threads", "1", "--quiet", "--strategies", "naive,ewc"]
+TWO_RUNS = [*FAST, "--strategies", "naive,ewc"]
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    old, sys.argv = sys.argv, ["forgetless", *argv]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = old
-        cli._RUN_DIR[0] = None
-    return code, capsys.readouterr().err
+    code, _, err = run_cli(argv, capsys)
+    return code, err
 
 
 def _matrices(run: Path) -> dict[str, Any]:
@@ -58,7 +50,7 @@ def _matrices(run: Path) -> dict[str, Any]:
 def original(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """A finished two-strategy run (its checkpoint is the last run's end) and its matrices."""
     run = tmp_path_factory.mktemp("fuzz") / "run"
-    old, sys.argv = sys.argv, ["forgetless", "run", *FAST, "--out", str(run)]
+    old, sys.argv = sys.argv, ["forgetless", "run", *TWO_RUNS, "--out", str(run)]
     try:
         cli.main()
     finally:
@@ -71,13 +63,6 @@ def _copy(run: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="fuzz-")) / "run"
     shutil.copytree(run, target)
     return target
-
-
-def _one_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and "internal error" not in err, err
-    return lines[0]
 
 
 FILES = ["model.safetensors", "learner.safetensors", "learner.json", "experiment.json", "optimizer.json"]
@@ -96,7 +81,7 @@ def test_any_flipped_bit_is_refused_by_the_manifest(
         data[int(where * len(data))] ^= 1 << bit
         path.write_bytes(bytes(data))
         code, err = _cli(["run", "--resume", str(run)], capsys)
-        line = _one_line(err)
+        line = one_error_line(err)
         assert code == 2 and name in line and "SHA-256" in line
     finally:
         shutil.rmtree(run.parent, ignore_errors=True)
@@ -161,7 +146,7 @@ def test_a_re_signed_structural_edit_is_refused_or_harmless(
         code, err = _cli(["run", "--resume", str(run)], capsys)
         event(f"{part} {action}: exit {code}")
         if code == 2:
-            _one_line(err)
+            one_error_line(err)
         else:
             assert code == 0, err
             assert _matrices(run) == matrices, f"{part} {action} at {path}: exit 0 with another result"
@@ -183,6 +168,6 @@ def test_a_line_break_inside_a_message_stays_on_its_line(
         (folder / "experiment.json").write_text(json.dumps(document))
         ckpt.write_manifest(folder)
         code, err = _cli(["run", "--resume", str(run)], capsys)
-        assert code == 2 and "another config" in _one_line(err)
+        assert code == 2 and "another config" in one_error_line(err)
     finally:
         shutil.rmtree(run.parent, ignore_errors=True)

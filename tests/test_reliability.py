@@ -23,6 +23,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from cli_helpers import FAST, one_error_line, run_cli
 from forgetless import io as fio
 from forgetless.cli import main as cli
 from forgetless.config import RunConfig, load_config_file, make_config
@@ -36,44 +37,6 @@ from forgetless.training.learner import Learner, RunResult
 
 discover()
 SRC = Path(__file__).resolve().parents[1] / "src" / "forgetless"
-FAST = [
-    "--benchmark",
-    "split-digits",
-    "--epochs",
-    "1",
-    "--tasks",
-    "2",
-    "--hidden",
-    "16",
-    "--batch-size",
-    "64",
-    "--threads",
-    "1",
-    "--quiet",
-]
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``forgetless ARGV`` in-process: (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["forgetless", *argv]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = old
-        cli._RUN_DIR[0] = None
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # -- atomic writes ----------------------------------------------------------------------------

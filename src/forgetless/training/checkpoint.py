@@ -264,7 +264,7 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         if "cuda" in state and torch.cuda.is_available():
             if len(state["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(state["cuda"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
         raise CheckpointError(f"checkpoint RNG state is malformed: {error}") from None
 
 
@@ -478,7 +478,7 @@ class _Loop(_Part):
     in_task: bool
     step: Count
     global_step: Count
-    active: Count | list[Count] | None = None
+    active: Count | list[Count] | None
     trainable: list[bool]
     epoch: Count | None = None
     position: Count | None = None
@@ -494,11 +494,32 @@ class _Result(_Part):
     stopped_early: list[Annotated[list[Count], Field(min_length=2, max_length=2)]]
 
 
+class _NumpyRng(_Part):
+    keys: Tensor
+    pos: Count
+    has_gauss: int
+    cached: float
+    kind: str
+
+
+class _PythonRng(_Part):
+    version: int
+    internal: list[int]
+    gauss: float | None
+
+
+class _Rng(_Part):
+    generator: Tensor
+    torch: Tensor
+    numpy: _NumpyRng
+    python: _PythonRng
+
+
 class _LearnerPart(_Part):
     strategy_names: list[str]
     loop: _Loop
-    order: Tensor | None = None
-    rng: dict[str, Any]
+    order: Tensor | None
+    rng: _Rng
     precision: dict[str, Any] | None = None
     extras: dict[str, Any] = Field(default_factory=dict)
     result: _Result

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from forgetless.config import RunConfig, load_config_file, make_config
 from forgetless.data.benchmarks import build_scenario, get_benchmark
@@ -76,16 +77,22 @@ def load_scenario(config: RunConfig, seed: int) -> Scenario:
     return scenario.to(config.device)
 
 
+def run_model(config: RunConfig, scenario: Scenario) -> nn.Module:
+    """The network a resolved config builds for ``scenario`` (seed the RNG first)."""
+    return build_model(
+        config.model or "mlp",
+        scenario.input_shape,
+        scenario.head_sizes,
+        multi_head=scenario.uses_task_id,
+        hidden=list(config.hidden or [400, 400]),
+        init=config.init,
+    )
+
+
 def _model_parameters(config: RunConfig, scenario: Scenario) -> int:
     """Parameter count of the run's network, built on the meta device (shapes only, no memory)."""
     with torch.device("meta"):
-        model = build_model(
-            config.model or "mlp",
-            scenario.input_shape,
-            scenario.head_sizes,
-            multi_head=scenario.uses_task_id,
-            hidden=list(config.hidden or [400, 400]),
-        )
+        model = run_model(config, scenario)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -160,14 +167,7 @@ def build_learner(config: RunConfig, scenario: Scenario, combination: str, seed:
     )
     strategies += schedule_strategies(config)
     torch.manual_seed(seed)
-    model = build_model(
-        config.model or "mlp",
-        scenario.input_shape,
-        scenario.head_sizes,
-        multi_head=scenario.uses_task_id,
-        hidden=list(config.hidden or [400, 400]),
-        init=config.init,
-    )
+    model = run_model(config, scenario)
     return Learner(scenario, model, strategies, config, seed=seed, name=combination)
 
 
