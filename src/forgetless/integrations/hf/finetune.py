@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from forgetless.errors import ConfigError
 from forgetless.integrations.hf.capabilities import (
@@ -24,10 +24,10 @@ from forgetless.integrations.hf.capabilities import (
     KeepOptions,
     Perplexity,
     encode_texts,
-    lm_blocks,
+    lm_rows,
     parse_keep,
 )
-from forgetless.integrations.hf.data import TextData, load_texts
+from forgetless.integrations.hf.data import TextData, describe_dataset, is_dataset, is_dataset_dict, load_texts
 
 Listener = Callable[[dict[str, Any]], None]
 StepListener = Callable[[int, int], None]
@@ -39,9 +39,11 @@ class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    task: str
+    task: Any = Field(description="a path, builtin:NAME, hub:NAME[:SPLIT], or a datasets.Dataset / DatasetDict")
     keep: list[str] = Field(default_factory=list)
     objective: Literal["auto", "lm", "classify"] = "auto"
+    format: Literal["auto", "text", "chat", "alpaca", "prompt-completion"] = "auto"
+    """The task's rows (``auto``: detected from their keys; see :func:`load_texts`)."""
     text_column: str | None = None
     label_column: str | None = None
     steps: int = Field(100, ge=1)
@@ -68,6 +70,25 @@ class FinetuneConfig(BaseModel):
     train_size: int | None = Field(None, ge=1)
     seed: int = 0
     device: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _a_source(cls, value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, str) or is_dataset(value) or is_dataset_dict(value):
+            return value
+        raise ValueError(
+            f"give a path, builtin:NAME, hub:NAME[:SPLIT] or a datasets.Dataset, not a {type(value).__name__}"
+        )
+
+    @field_serializer("task")
+    def _task_name(self, value: Any) -> str:
+        return value if isinstance(value, str) else describe_dataset(value)
+
+    def task_name(self) -> str:
+        """The task source as a string (an in-memory data set by its short description)."""
+        return self._task_name(self.task)
 
     def mitigations(self) -> list[str]:
         parts = []
@@ -114,13 +135,17 @@ def build_capabilities(specs: list[str], tokenizer: Any, cfg: FinetuneConfig, ob
 def task_rows(
     data: TextData, tokenizer: Any, cfg: FinetuneConfig, objective: str
 ) -> tuple[dict[str, torch.Tensor], Capability]:
-    """Training rows of the new task and its held-out metric (perplexity or accuracy)."""
+    """Training rows of the new task and its held-out metric (perplexity or accuracy).
+
+    Causal LM: packed blocks of plain text, or one instruction example per row with the prompt
+    labelled ``-100`` (:func:`lm_rows`); the task's perplexity then scores the responses only.
+    """
     train, test = data.split(0.2, cfg.seed)
     test = test.head(cfg.eval_size, cfg.seed)
     if objective == "lm":
-        blocks = lm_blocks(tokenizer, train, cfg.seq_len, cfg.train_size)
-        metric: Capability = Perplexity("task", lm_blocks(tokenizer, test, cfg.seq_len, cfg.eval_size))
-        return {"input_ids": blocks, "labels": blocks}, metric
+        rows = lm_rows(tokenizer, train, cfg.seq_len, cfg.train_size)
+        metric: Capability = Perplexity("task", lm_rows(tokenizer, test, cfg.seq_len, cfg.eval_size))
+        return rows, metric
     train = train.head(cfg.train_size, cfg.seed)
     rows = {**encode_texts(tokenizer, train.texts, cfg.seq_len), "labels": torch.tensor(train.labels)}
     test_rows = encode_texts(tokenizer, test.texts, cfg.seq_len)
@@ -207,16 +232,19 @@ def run_finetune(
         )
     for spec in cfg.keep:
         parse_keep(spec)
-    data = load_texts(cfg.task, cfg.text_column, cfg.label_column, need_labels=cfg.objective == "classify")
+    data = load_texts(
+        cfg.task, cfg.text_column, cfg.label_column, need_labels=cfg.objective == "classify", format=cfg.format
+    )
     objective = cfg.objective if cfg.objective != "auto" else ("classify" if data.labelled else "lm")
     if objective == "classify" and not data.labelled:
-        raise ConfigError(f"{cfg.task}: classification needs labels")
+        raise ConfigError(f"{cfg.task_name()}: classification needs labels")
     model, tokenizer, new_params = load_model(
         cfg.model, objective, len(data.label_names) if objective == "classify" else None, cfg.seq_len
     )
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     rows, task_metric = task_rows(data, tokenizer, cfg, objective)
+    row_width = int(rows["input_ids"].shape[1])  # seq_len, or the longest instruction row
     capabilities = build_capabilities(cfg.keep, tokenizer, cfg, objective)
     tracker = CapabilityTracker(capabilities, task_metric, cfg.eval_every)
     tracker.prepare(model)  # fixed heads are fitted on the model before anything changes it
@@ -308,11 +336,12 @@ def run_finetune(
             "run": "+".join(cfg.mitigations()),
             "objective": objective,
             "model": cfg.model,
-            "task_source": cfg.task,
+            "task_source": cfg.task_name(),
+            "task_format": data.format,
             "steps_trained": int(steps_done),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_parameters": sum(p.numel() for p in model.parameters()),
-            "tokens_per_second": trainer.state.global_step * cfg.batch_size * cfg.seq_len / train_seconds,
+            "tokens_per_second": trainer.state.global_step * cfg.batch_size * row_width / train_seconds,
             "fisher_bytes": fisher_bytes,
             "wall_seconds": wall,
             "config": cfg.model_dump(mode="json"),

@@ -2,7 +2,8 @@
 
 ``--keep KIND:DATA`` names a kind of this registry and its data:
 
-* ``perplexity`` (:class:`Perplexity`): held-out text, causal LMs;
+* ``perplexity`` (:class:`Perplexity`): held-out text, causal LMs (of instruction data: the
+  response tokens only);
 * ``accuracy`` (:class:`HeadAccuracy`): a labelled set through a fixed head;
 * ``knn`` (:class:`KnnProbe`): k-NN accuracy of the embeddings on a labelled set;
 * ``choice`` (:class:`MultipleChoice`): benchmark-style multiple choice by log-likelihood.
@@ -20,7 +21,7 @@ import pkgutil
 from typing import Any
 
 from forgetless.errors import ConfigError, closest_names
-from forgetless.integrations.hf.capabilities._io import embed_all, encode_texts, lm_blocks, token_nll
+from forgetless.integrations.hf.capabilities._io import embed_all, encode_texts, lm_blocks, lm_rows, token_nll
 from forgetless.integrations.hf.capabilities.accuracy import HeadAccuracy
 from forgetless.integrations.hf.capabilities.base import CAPABILITIES, Capability, KeepOptions, register_capability
 from forgetless.integrations.hf.capabilities.choice import MultipleChoice
@@ -83,6 +84,7 @@ __all__ = [
     "encode_texts",
     "knn_accuracy",
     "lm_blocks",
+    "lm_rows",
     "parse_keep",
     "register_capability",
     "token_nll",

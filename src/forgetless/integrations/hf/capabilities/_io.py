@@ -35,6 +35,23 @@ def lm_blocks(tokenizer: Any, data: TextData, seq_len: int, max_blocks: int | No
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
+def lm_rows(tokenizer: Any, data: TextData, seq_len: int, max_rows: int | None = None) -> dict[str, torch.Tensor]:
+    """Rows of the causal-LM objective on ``data``.
+
+    Plain text: packed blocks (:func:`lm_blocks`), ``{"input_ids", "labels"}`` with labels =
+    ids (every token trained). Instruction data (chat, Alpaca, prompt/completion): one example
+    per row, ``{"input_ids", "attention_mask", "labels"}`` with ``-100`` on the prompt and the
+    padding (:func:`~forgetless.integrations.hf.instruct.instruction_rows`: only the responses are
+    trained on and scored). ``max_rows`` counts blocks, or examples.
+    """
+    if data.examples is not None:
+        from forgetless.integrations.hf.instruct import instruction_rows
+
+        return instruction_rows(tokenizer, data, seq_len, max_rows)
+    blocks = lm_blocks(tokenizer, data, seq_len, max_rows)
+    return {"input_ids": blocks, "labels": blocks}
+
+
 def encode_texts(tokenizer: Any, texts: list[str], seq_len: int) -> dict[str, torch.Tensor]:
     """Pad/truncate to ``seq_len``: ``input_ids`` and ``attention_mask`` tensors."""
     if tokenizer.pad_token is None:
@@ -58,18 +75,27 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 def token_nll(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token NLL (float64) and number of predicted tokens of one batch.
 
-    Token ``t+1`` is predicted from tokens ``<= t``; padded targets (mask 0) are not counted.
+    Token ``t+1`` is predicted from tokens ``<= t``; padded targets (mask 0) are not counted,
+    nor, with ``labels``, targets labelled ``-100`` (an instruction's prompt).
     """
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
     targets = input_ids[:, 1:]
     log_probs = F.log_softmax(logits.float(), dim=-1)
     nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    keep = None
     if attention_mask is not None:
         keep = attention_mask[:, 1:].bool()
+    if labels is not None:
+        scored = labels[:, 1:] != -100
+        keep = scored if keep is None else keep & scored
+    if keep is not None:
         return nll[keep].double().sum(), keep.sum()
     return nll.double().sum(), torch.tensor(targets.numel())
 
