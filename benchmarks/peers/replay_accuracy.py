@@ -23,17 +23,16 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peer_paths import add_tool_paths
+
 HERE = Path(__file__).resolve().parent
-PEERS = Path(os.environ.get("PEERS_DIR", "/work/peers"))
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 METHODS = ("naive", "er", "der", "derpp")
 MAMMOTH_COMMON = (
@@ -189,7 +188,7 @@ def summarise(found: list[Tool], methods: list[str]) -> dict[str, dict[str, dict
                 "task_il": mean_std([r.task_il for r in ok if r.task_il is not None]),
                 "wall": mean_std([r.wall for r in ok]),
                 "per_seed_class_il": {r.seed: r.class_il for r in ok},
-                "failed": [r.seed for r in tool.runs if r.method == method and r.rc != 0],
+                "failed": [r.seed for r in tool.runs if r.method == method and (r.rc != 0 or r.class_il is None)],
             }
     return out
 
@@ -207,6 +206,8 @@ def markdown(summary: dict[str, dict[str, dict]]) -> str:
     for method, per_tool in summary.items():
         for name, s in per_tool.items():
             seeds = ", ".join(f"{v:.3f}" for _, v in sorted(s["per_seed_class_il"].items()) if v is not None)
+            if s["failed"]:
+                seeds = f"{seeds} (failed: seed {', '.join(map(str, s['failed']))})".strip()
             wall = ms(s["wall"], "{:.1f}")
             lines.append(f"| {method} | {name} | {ms(s['class_il'])} | {ms(s['task_il'])} | {seeds} | {wall} |")
     return "\n".join(lines) + "\n"
@@ -224,18 +225,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--set", action="append", default=[], help="forgetless --set STRATEGY.PARAM=VALUE (repeatable)")
     p.add_argument("--config", type=Path, default=HERE / "fl-config.yaml", help="forgetless config")
-    env = os.environ.get
-    p.add_argument(
-        "--forgetless",
-        type=Path,
-        default=Path(
-            env("FORGETLESS", "") or shutil.which("forgetless", path=str(Path(sys.executable).parent)) or "forgetless"
-        ),
-    )
-    p.add_argument("--mammoth", type=Path, default=Path(env("MAMMOTH_DIR", str(PEERS / "mammoth"))))
-    p.add_argument(
-        "--mammoth-python", type=Path, default=Path(env("MAMMOTH_PYTHON", str(PEERS / "venv-mammoth/bin/python")))
-    )
+    add_tool_paths(p, "mammoth")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
     p.add_argument("--out", type=Path, default=HERE.parent / "results" / "peers")
     p.add_argument("--name", default="replay_accuracy", help="file stem of the outputs (default replay_accuracy)")
@@ -246,30 +236,35 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    methods, seeds = args.methods.split(","), parse_seeds(args.seeds)
-    found = tools(args)
+def run_interleaved(found: list[Tool], methods: list[str], seeds: list[int], timeout: float) -> dict:
+    """One process per (tool, method, seed), seed by seed, method by method, tool by tool; the
+    runs land in ``tool.runs``. Returns the load and start time (for :func:`write_results`)."""
     load_before, started = os.getloadavg(), time.strftime("%Y-%m-%d %H:%M:%S")
+    width = max((len(t.name) for t in found), default=0)
     for seed in seeds:
         for method in methods:
             for tool in found:
-                run = run_once(tool, method, seed, args.timeout)
+                run = run_once(tool, method, seed, timeout)
                 tool.runs.append(run)
                 acc = f"{run.class_il:.4f}" if run.class_il is not None else "-"
                 print(
-                    f"seed {seed} {method:6s} {tool.name:16s} class-IL {acc}  wall {run.wall:6.1f} s  rc {run.rc}",
+                    f"seed {seed} {method:6s} {tool.name:{width}s} class-IL {acc}  wall {run.wall:6.1f} s  rc {run.rc}",
                     flush=True,
                 )
+    return {"loadavg_before": load_before, "started": started}
+
+
+def write_results(found: list[Tool], methods: list[str], seeds: list[int], out: Path, name: str, load: dict) -> None:
+    """``NAME.json`` (meta, summary, every run) and ``NAME.md`` (the table) in ``out``."""
     summary = summarise(found, methods)
     meta = {
         "methods": methods,
         "seeds": seeds,
         "env": ENV,
-        "loadavg_before": load_before,
+        "loadavg_before": load["loadavg_before"],
         "loadavg_after": os.getloadavg(),
         "cpus": os.cpu_count(),
-        "started": started,
+        "started": load["started"],
         "commands": {
             t.name: {
                 "cwd": str(t.cwd) if t.cwd else None,
@@ -279,13 +274,19 @@ def main() -> None:
         },
     }
     runs = [vars(r) for t in found for r in t.runs]
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     table = markdown(summary)
-    (args.out / f"{args.name}.json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2) + "\n"
-    )
-    (args.out / f"{args.name}.md").write_text(table)
-    print("\n" + table + f"\nwritten: {args.out / (args.name + '.json')}, {args.out / (args.name + '.md')}")
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=2) + "\n")
+    (out / f"{name}.md").write_text(table)
+    print("\n" + table + f"\nwritten: {out / (name + '.json')}, {out / (name + '.md')}")
+
+
+def main() -> None:
+    args = parse_args()
+    methods, seeds = args.methods.split(","), parse_seeds(args.seeds)
+    found = tools(args)
+    load = run_interleaved(found, methods, seeds, args.timeout)
+    write_results(found, methods, seeds, args.out, args.name, load)
 
 
 if __name__ == "__main__":

@@ -18,18 +18,17 @@ import json
 import os
 import re
 import resource
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peer_paths import add_tool_paths
+
 HERE = Path(__file__).resolve().parent
-PEERS = Path(os.environ.get("PEERS_DIR", "/work/peers"))
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 MAMMOTH_ARGS = (
     "--dataset seq-fmnist --model sgd --backbone mnistmlp --mlp_hidden_size 400 --lr 0.01 --optim_mom 0.9 "
@@ -213,21 +212,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=0, help="untimed rounds first (file cache; default 0)")
     p.add_argument("--tools", default="forgetless,forgetless-sgd,mammoth,avalanche", help="comma-separated")
     p.add_argument("--reference", default="forgetless-sgd", help="denominator of the ratios")
-    env = os.environ.get
-    p.add_argument(
-        "--forgetless",
-        type=Path,
-        default=Path(
-            env("FORGETLESS", "") or shutil.which("forgetless", path=str(Path(sys.executable).parent)) or "forgetless"
-        ),
-    )
-    p.add_argument("--mammoth", type=Path, default=Path(env("MAMMOTH_DIR", str(PEERS / "mammoth"))))
-    p.add_argument(
-        "--mammoth-python", type=Path, default=Path(env("MAMMOTH_PYTHON", str(PEERS / "venv-mammoth/bin/python")))
-    )
-    p.add_argument(
-        "--avalanche-python", type=Path, default=Path(env("AVALANCHE_PYTHON", str(PEERS / "venv-avalanche/bin/python")))
-    )
+    add_tool_paths(p, "mammoth", "avalanche")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per process")
     p.add_argument("--out", type=Path, default=HERE.parent / "results" / "peers")
     return p.parse_args()
