@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,15 @@ def one_error_line(err: str) -> str:
     assert len(lines) == 1, err
     assert "Traceback" not in err and "internal error" not in err, err
     return lines[0]
+
+
+def finished_run(out: Path, *argv: str) -> Path:
+    """``forgetless run FAST ARGV --out OUT`` done in-process (a module fixture's run folder)."""
+    old = sys.argv
+    sys.argv = ["forgetless", "run", *FAST, *argv, "--out", str(out)]
+    try:
+        cli.main()
+    finally:
+        sys.argv = old
+        cli._RUN_DIR[0] = None
+    return out

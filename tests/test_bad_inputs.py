@@ -10,15 +10,13 @@ import gzip
 import json
 import os
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cli_helpers import FAST, one_error_line, run_cli
-from forgetless.cli import main as cli
+from cli_helpers import FAST, finished_run, one_error_line, run_cli
 from forgetless.config import MAX_SEED, load_config_file, make_config
 from forgetless.data import files
 from forgetless.data.custom import from_tensors
@@ -414,15 +412,7 @@ def test_non_finite_run_settings_and_yaml_infinities(tmp_path: Path) -> None:
 # -- checkpoint schema ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpointed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("schema") / "run"
-    old = sys.argv
-    sys.argv = ["forgetless", "run", *FAST, "--strategies", "naive", "--out", str(out)]
-    try:
-        cli.main()
-    finally:
-        sys.argv = old
-        cli._RUN_DIR[0] = None
-    return out
+    return finished_run(tmp_path_factory.mktemp("schema") / "run", "--strategies", "naive")
 
 
 def _edit_checkpoint(run: Path, part: str, edit) -> None:

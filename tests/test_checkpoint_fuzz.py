@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cli_helpers import FAST, one_error_line, run_cli
-from forgetless.cli import main as cli
+from cli_helpers import finished_run, one_error_line, run_cli
 from forgetless.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
-
-TWO_RUNS = [*FAST, "--strategies", "naive,ewc"]
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -49,13 +45,7 @@ def _matrices(run: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def original(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """A finished two-strategy run (its checkpoint is the last run's end) and its matrices."""
-    run = tmp_path_factory.mktemp("fuzz") / "run"
-    old, sys.argv = sys.argv, ["forgetless", "run", *TWO_RUNS, "--out", str(run)]
-    try:
-        cli.main()
-    finally:
-        sys.argv = old
-        cli._RUN_DIR[0] = None
+    run = finished_run(tmp_path_factory.mktemp("fuzz") / "run", "--strategies", "naive,ewc")
     return run, _matrices(run)
 
 

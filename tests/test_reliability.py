@@ -12,7 +12,6 @@ import json
 import os
 import pickle
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cli_helpers import FAST, one_error_line, run_cli
+from cli_helpers import finished_run as run_to_the_end
 from forgetless import io as fio
-from forgetless.cli import main as cli
 from forgetless.config import RunConfig, load_config_file, make_config
 from forgetless.data.benchmarks import build_scenario
 from forgetless.errors import ConfigError, NumericalError, OutputError
@@ -124,14 +123,7 @@ class _Payload:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("finished") / "run"
-    old = sys.argv
-    sys.argv = ["forgetless", "run", *FAST, "--strategies", "naive", "--out", str(out)]
-    try:
-        cli.main()
-    finally:
-        sys.argv = old
-        cli._RUN_DIR[0] = None
+    out = run_to_the_end(tmp_path_factory.mktemp("finished") / "run", "--strategies", "naive")
     assert (out / ckpt.CHECKPOINT / "model.safetensors").is_file()
     return out
 
