@@ -303,7 +303,7 @@ def test_finetune_with_every_mitigation_reports_forgetting(tiny_lm_dir: Path, tm
     )
     summary = run_finetune(cfg)
     assert summary["run"] == "l2sp(1)+ewc(10)+replay(0.25)+llrd(0.8)+unfreeze(2)"
-    assert summary["steps"] == [0, 2, 4] and summary["fisher_bytes"] > 0
+    assert summary["steps"] == [0, 2, 4] and summary["strategies"]["ewc"]["penalty_bytes"] > 0
     cap = next(iter(summary["capabilities"].values()))
     assert cap["drop"] == pytest.approx(cap["after"] / cap["before"] - 1)
     write_report({"x": summary}, tmp_path)

@@ -130,8 +130,12 @@ def finetune(
     lora: bool = typer.Option(False, "--lora", help="train LoRA adapters (peft); base weights untouched"),
     lora_r: int = typer.Option(8, help="LoRA rank"),
     lora_targets: Optional[str] = typer.Option(None, help="LoRA target modules, e.g. query,value"),
-    l2sp: float = typer.Option(0.0, help="L2-SP strength alpha (0 = off)"),
-    ewc: float = typer.Option(0.0, help="EWC strength lambda (0 = off)"),
+    strategies: Optional[str] = typer.Option(
+        None, help="core strategies to run, e.g. l2sp+ewc+replay (forgetless list; replay mixes general rows)"
+    ),
+    set_: list[str] = typer.Option([], "--set", help="strategy parameter, e.g. ewc.ewc_lambda=100 (repeat)"),
+    l2sp: float = typer.Option(0.0, help="L2-SP strength alpha (0 = off); = --strategies l2sp --set l2sp.alpha=A"),
+    ewc: float = typer.Option(0.0, help="EWC strength lambda (0 = off); = --strategies ewc --set ewc.ewc_lambda=L"),
     ewc_samples: int = typer.Option(64, help="general-data rows for EWC's Fisher"),
     ewc_modules: Optional[str] = typer.Option(None, help="EWC only on these modules (globs, comma-separated)"),
     replay_ratio: float = typer.Option(0.0, help="share of general data in every batch, e.g. 0.25"),
@@ -158,6 +162,7 @@ def finetune(
     needs_hf()
     from pydantic import ValidationError
 
+    from forgetless.config import parse_assignments
     from forgetless.integrations.hf.finetune import FinetuneConfig, check_out, run_finetune, write_report
 
     check_numbers(
@@ -193,6 +198,8 @@ def finetune(
             lora=lora,
             lora_r=lora_r,
             lora_targets=_split(lora_targets),
+            strategies=[strategies] if strategies else [],
+            params=parse_assignments(set_),
             l2sp=l2sp,
             ewc=ewc,
             ewc_samples=ewc_samples,

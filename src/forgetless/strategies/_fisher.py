@@ -308,7 +308,8 @@ def _weighted_nll(logits: torch.Tensor, weights: torch.Tensor, c: int) -> torch.
 
 
 def _squared_norm(logits: torch.Tensor, unused: torch.Tensor) -> torch.Tensor:
-    return logits.square().sum(1)
+    """``||f(x)||_2^2`` per sample; a sequence's (``[B, T, C]``) over all its positions."""
+    return logits.square().flatten(1).sum(1)
 
 
 def fisher_objectives(
@@ -379,6 +380,7 @@ def mas_importance(
     task_ids: torch.Tensor | int | None = None,
     method: Method = "auto",
     names: Sequence[str] | None = None,
+    chunk_size: int = 512,
 ) -> dict[str, torch.Tensor]:
     """MAS (Aljundi et al. 2018, eq. 4): ``1/N sum_n |d ||f(x_n)||_2^2 / d theta|``.
 
@@ -391,7 +393,7 @@ def mas_importance(
     def objectives(logits: torch.Tensor, rows: torch.Tensor) -> list[Objective]:
         return [(_squared_norm, logits.new_zeros(logits.shape[0]))]
 
-    sums = per_sample_reduce(model, x, task_ids, objectives, "abs", method, names)
+    sums = per_sample_reduce(model, x, task_ids, objectives, "abs", method, names, chunk_size)
     return {n: s / x.shape[0] for n, s in sums.items()}
 
 

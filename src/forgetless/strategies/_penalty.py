@@ -46,8 +46,7 @@ import torch
 from torch import nn
 
 from forgetless.errors import ConfigError
-from forgetless.strategies._fisher import sample_rows
-from forgetless.strategies.base import Batch, Strategy, TrainingContext
+from forgetless.strategies.base import Batch, ImportanceSample, Strategy, TrainingContext
 
 Tensors = Mapping[str, torch.Tensor]
 
@@ -456,12 +455,21 @@ class PenaltyStrategy(Strategy):
         return self.penalty_scale(ctx) * self.penalty.penalty(ctx.model)
 
     @staticmethod
-    def task_sample(ctx: TrainingContext, count: int) -> tuple[torch.Tensor, torch.Tensor, int | None]:
-        """Up to ``count`` training inputs of the current task (drawn with ``ctx.generator``)."""
-        task = ctx.task
-        rows = sample_rows(task.num_train, count, ctx.generator).to(task.train_y.device)
-        x = ctx.prepare(task.train_x[rows]).to(ctx.device)
-        return x, task.train_y[rows].to(ctx.device), ctx.task_id(ctx.task_index)
+    def importance(
+        ctx: TrainingContext, count: int, estimate: Callable[[ImportanceSample], Tensors]
+    ) -> dict[str, torch.Tensor]:
+        """``estimate`` on ``ctx.importance_samples(count)``, keyed by the model's parameter
+        names; the mean where the context gives several samples (a fine-tune keeping several
+        capabilities)."""
+        samples = ctx.importance_samples(count)
+        parts = [sample.model_names(estimate(sample)) for sample in samples]
+        if len(parts) == 1:
+            return dict(parts[0])
+        total: dict[str, torch.Tensor] = {}
+        for part in parts:
+            for name, value in part.items():
+                total[name] = total[name] + value if name in total else value.clone()
+        return {name: value / len(parts) for name, value in total.items()}
 
     def report(self) -> dict[str, Any]:
         return {

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from forgetless.errors import ConfigError
+from forgetless.strategies._fisher import sample_rows
 
 if TYPE_CHECKING:
     from forgetless.config import RunConfig
@@ -87,6 +88,27 @@ class TrainingSet:
 
 
 @dataclass
+class ImportanceSample:
+    """Rows to estimate a parameter importance on (a Fisher, MAS), in the calling convention
+    of the per-sample engine (:func:`forgetless.strategies._fisher.per_sample_reduce`):
+    ``module(x, task_id)`` gives the logits. ``module``'s parameters are the model's under
+    ``prefix`` (a fine-tune's view wraps the model); ``names`` (model names) limits the
+    estimate to those parameters (``None``: every trainable one)."""
+
+    module: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor | None
+    task_id: int | None
+    names: list[str] | None = None
+    prefix: str = ""
+    chunk_size: int = 512
+
+    def model_names(self, estimate: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An estimate keyed by ``module``'s names, re-keyed by the model's."""
+        return {name.removeprefix(self.prefix): value for name, value in estimate.items()}
+
+
+@dataclass
 class TrainingContext:
     """What the learner shows its strategies. Read it; do not assign to it."""
 
@@ -115,6 +137,9 @@ class TrainingContext:
     restores their state)."""
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
     """Set by the learner from ``config.augment``: the batched training augmentation."""
+    pretrained: frozenset[str] = frozenset()
+    """Parameters that come trained from before the first task (a fine-tune's pretrained
+    weights): strategies count them as trained by an earlier task (L2-SP anchors them)."""
 
     @property
     def task(self) -> Task:
@@ -133,6 +158,15 @@ class TrainingContext:
         rows the model trains on, never for evaluation or importance estimates."""
         x = self.scenario.to_float(raw)
         return x if self.augment is None else self.augment(x)
+
+    def importance_samples(self, count: int) -> list[ImportanceSample]:
+        """Up to ``count`` training inputs of the current task (drawn with ``generator``), for
+        an importance estimate after the task; a fine-tune's context gives its kept
+        capabilities' rows instead (:mod:`forgetless.integrations.hf.strategies`)."""
+        task = self.task
+        rows = sample_rows(task.num_train, count, self.generator).to(task.train_y.device)
+        x = self.prepare(task.train_x[rows]).to(self.device)
+        return [ImportanceSample(self.model, x, task.train_y[rows].to(self.device), self.task_id(self.task_index))]
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -162,6 +196,24 @@ def check_finite_params(strategy: str, params: BaseModel) -> None:
                 )
 
 
+HOOKS = (
+    "setup",
+    "before_task",
+    "training_set",
+    "replay_batch",
+    "loss",
+    "project_gradient",
+    "before_step",
+    "after_step",
+    "after_task",
+    "predict",
+    "report",
+    "state_dict",
+    "load_state_dict",
+)
+"""Every hook of the protocol, in the order of the table above."""
+
+
 class Strategy:
     """Base class of every mitigation method. Override only the hooks the method needs.
 
@@ -176,6 +228,10 @@ class Strategy:
     Params: ClassVar[type[BaseModel]] = NoParams
     requires: ClassVar[tuple[str, ...]] = ()
     """Optional packages (import names) the method needs; checked before a run starts."""
+    stacks: ClassVar[tuple[str, ...]] = ("run",)
+    """Where the method runs: ``run`` (continual-learning runs) and ``finetune`` (a Hugging Face
+    fine-tune, :mod:`forgetless.integrations.hf.strategies`: only the hooks that serves, data
+    read through ``ctx.importance_samples``, a ``loss`` hook that needs no batch)."""
 
     def __init__(self, **params: Any):
         try:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from forgetless.strategies import register
 from forgetless.strategies._fisher import fisher_diagonal
 from forgetless.strategies._penalty import PenaltyStrategy, snapshot
-from forgetless.strategies.base import TrainingContext
+from forgetless.strategies.base import ImportanceSample, TrainingContext
 
 
 class FisherParams(BaseModel):
@@ -46,9 +46,22 @@ class FisherParams(BaseModel):
 
 
 def estimate_fisher(ctx: TrainingContext, params: FisherParams) -> dict:
-    """Diagonal Fisher of the current model on a sample of the current task's training data."""
-    x, y, task_id = PenaltyStrategy.task_sample(ctx, params.fisher_samples)
-    return fisher_diagonal(ctx.model, x, task_id, y=y, kind=params.fisher, generator=ctx.generator)
+    """Diagonal Fisher of the current model on a sample of the task just learned
+    (``ctx.importance_samples``: its training data, or a fine-tune's general data)."""
+
+    def fisher(s: ImportanceSample) -> dict:
+        return fisher_diagonal(
+            s.module,
+            s.x,
+            s.task_id,
+            y=s.y,
+            kind=params.fisher,
+            generator=ctx.generator,
+            names=s.names,
+            chunk_size=s.chunk_size,
+        )
+
+    return PenaltyStrategy.importance(ctx, params.fisher_samples, fisher)
 
 
 class EWCParams(FisherParams):
@@ -62,6 +75,7 @@ class EWC(PenaltyStrategy):
     name = "ewc"
     summary = "elastic weight consolidation: Fisher-weighted penalty toward every earlier task's optimum"
     Params = EWCParams
+    stacks = ("run", "finetune")
 
     def __init__(self, **params: Any):
         super().__init__(**params)

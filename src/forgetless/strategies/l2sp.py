@@ -8,7 +8,9 @@ parameters (a classifier head the start point did not train) only get weight dec
 In a continual stream the starting point of each task is the model the earlier tasks left
 (``anchor="previous"``, default): from the second task on, ``w0`` = the parameters when the
 task starts; parameters that no earlier task changed (heads of tasks not trained yet in
-task-IL) count as new and get ``beta``. No penalty on the first task (nothing to keep yet).
+task-IL) count as new and get ``beta``. No penalty on the first task (nothing to keep yet),
+unless the run starts from pretrained weights (``ctx.pretrained``, a fine-tune): those count
+as trained, so a fine-tune anchors them at the pretrained values and leaves a new head free.
 ``anchor="initial"`` keeps the parameters the run started from (a pretrained model) as
 ``w0`` for every task, the first included, with ``alpha`` on every parameter (to put ``beta``
 on a new head of a pretrained model, use :class:`~forgetless.strategies._penalty.
@@ -48,6 +50,7 @@ class L2SP(PenaltyStrategy):
     name = "l2sp"
     summary = "L2-SP: uniform L2 penalty toward the starting point (+ decay of new parameters)"
     Params = L2SPParams
+    stacks = ("run", "finetune")
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -61,12 +64,13 @@ class L2SP(PenaltyStrategy):
         alpha = per_scenario(self.params.alpha, ALPHA_DEFAULTS, ctx.scenario.kind)
         start = snapshot(ctx.model)
         self.task_start = start
+        self.trained |= ctx.pretrained & start.keys()
         if self.params.anchor == "initial":
-            if not self.penalty.terms and ctx.task_index == 0:
+            if not self.penalty.terms and (ctx.task_index == 0 or ctx.pretrained):
                 self.penalty.add_term(None, start, weight=alpha)
             return
         self.penalty.clear()
-        if ctx.task_index == 0:
+        if ctx.task_index == 0 and not self.trained:
             return
         existing = {n: v for n, v in start.items() if n in self.trained}
         new = [n for n in start if n not in self.trained]

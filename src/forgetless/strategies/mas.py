@@ -45,6 +45,7 @@ class MAS(PenaltyStrategy):
     name = "mas"
     summary = "memory aware synapses: label-free importance from output sensitivity"
     Params = MASParams
+    stacks = ("run", "finetune")
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -54,8 +55,11 @@ class MAS(PenaltyStrategy):
         return per_scenario(self.params.mas_lambda, LAMBDA_DEFAULTS, ctx.scenario.kind)
 
     def after_task(self, ctx: TrainingContext) -> None:
-        x, _, task_id = self.task_sample(ctx, self.params.samples)
-        new = mas_importance(ctx.model, x, task_id)
+        new = self.importance(
+            ctx,
+            self.params.samples,
+            lambda s: mas_importance(s.module, s.x, s.task_id, names=s.names, chunk_size=s.chunk_size),
+        )
         if self.penalty.terms:
             old = self.penalty.term_dicts(0)[0]
             k = self.tasks_seen

@@ -37,6 +37,7 @@ class OnlineEWC(PenaltyStrategy):
     name = "online-ewc"
     summary = "online EWC: one running Fisher (decay gamma) and one anchor, constant memory"
     Params = OnlineEWCParams
+    stacks = ("run", "finetune")
 
     def penalty_scale(self, ctx: TrainingContext) -> float:
         return per_scenario(self.params.ewc_lambda, LAMBDA_DEFAULTS, ctx.scenario.kind) / 2.0

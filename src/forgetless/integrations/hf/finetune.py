@@ -1,7 +1,8 @@
 """``run_finetune``: fine-tune a Hugging Face model on a task while guarding kept capabilities.
 
 Composes everything in this package: capabilities + tracker + :class:`ForgettingCallback`,
-LoRA (peft), L2-SP / EWC (:mod:`.penalties`), replay (:mod:`.mixing`), layer-wise LR decay,
+LoRA (peft), the core strategies (L2-SP, EWC, Online EWC, MAS, ...: :mod:`.strategies`), replay
+(:mod:`.mixing`), layer-wise LR decay,
 warmup and gradual unfreezing (:mod:`.schedules`), on :class:`ForgetlessTrainer`. Used by
 ``forgetless finetune`` and the demos; the same pieces work in a user's own Trainer script.
 """
@@ -58,11 +59,21 @@ class FinetuneConfig(BaseModel):
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
     lora_targets: list[str] | None = None
+    strategies: list[str] = Field(default_factory=list)
+    """Core strategies run in the fine-tune (``["l2sp", "ewc"]``; ``replay`` is the mixing of
+    general rows), with ``params`` as ``--set`` gives them: :mod:`.strategies`."""
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     l2sp: float = Field(0.0, ge=0)
+    """Alias: ``--l2sp A`` = ``--strategies l2sp --set l2sp.alpha=A``."""
     ewc: float = Field(0.0, ge=0)
+    """Alias: ``--ewc L`` = ``--strategies ewc --set ewc.ewc_lambda=L`` (and ``fisher_samples``)."""
     ewc_samples: int = Field(64, ge=1)
+    """Rows per kept capability for an importance estimate (``ewc``, ``online-ewc``, ``mas``)
+    unless ``--set`` gives the strategy's own count."""
     ewc_modules: list[str] | None = None
+    """Only these modules get an importance (globs)."""
     replay_ratio: float = Field(0.0, ge=0, lt=1)
+    """Alias: ``--replay-ratio R`` = ``--strategies replay --set replay.ratio=R``."""
     stop_if_drop: float | None = Field(None, ge=0)
     eval_every: int = Field(20, ge=1)
     eval_size: int = Field(256, ge=4)
@@ -90,16 +101,42 @@ class FinetuneConfig(BaseModel):
         """The task source as a string (an in-memory data set by its short description)."""
         return self._task_name(self.task)
 
+    def _given(self) -> tuple[list[str], dict[str, dict[str, Any]]]:
+        """Names and parameters as the user gave them, the alias flags folded in."""
+        names = [n.strip() for part in self.strategies for n in part.split("+") if n.strip()]
+        params = {name: dict(values) for name, values in self.params.items()}
+        aliases = {
+            "l2sp": (self.l2sp, "l2sp", {"alpha": self.l2sp}),
+            "ewc": (self.ewc, "ewc", {"ewc_lambda": self.ewc}),
+            "replay": (self.replay_ratio, "replay-ratio", {"ratio": self.replay_ratio}),
+        }
+        for name, (value, flag, values) in aliases.items():
+            if not value:
+                continue
+            if name in names:
+                raise ConfigError(f"--{flag} and --strategies {name} both set {name}: use one (--set {name}.…)")
+            names.append(name)
+            params[name] = {**values, **params.get(name, {})}
+        return names, params
+
+    def strategy_plan(self) -> tuple[list[str], dict[str, dict[str, Any]]]:
+        """Strategy names and parameters (each method once; ``ewc_samples`` rows for an
+        importance estimate unless ``--set`` gives the strategy's own count)."""
+        names, params = self._given()
+        counts = {"ewc": "fisher_samples", "online-ewc": "fisher_samples", "mas": "samples"}
+        for name, key in counts.items():
+            if name in names:
+                params.setdefault(name, {}).setdefault(key, self.ewc_samples)
+        return names, params
+
     def mitigations(self) -> list[str]:
         parts = []
         if self.lora:
             parts.append(f"lora(r={self.lora_r})")
-        if self.l2sp:
-            parts.append(f"l2sp({self.l2sp:g})")
-        if self.ewc:
-            parts.append(f"ewc({self.ewc:g})")
-        if self.replay_ratio:
-            parts.append(f"replay({self.replay_ratio:g})")
+        names, given = self._given()
+        for name in names:
+            first = next(iter(given.get(name, {}).values()), None)
+            parts.append(f"{name}({first:g})" if isinstance(first, (int, float)) else name)
         if self.layerwise_lr_decay < 1:
             parts.append(f"llrd({self.layerwise_lr_decay:g})")
         if self.unfreeze_every:
@@ -216,8 +253,9 @@ def run_finetune(
         SplitCollator,
     )
     from forgetless.integrations.hf.models import load_model
-    from forgetless.integrations.hf.penalties import estimate_fisher, ewc_penalty, l2sp_penalty
+    from forgetless.integrations.hf.penalties import select_parameters
     from forgetless.integrations.hf.schedules import GradualUnfreezing, layerwise_adamw
+    from forgetless.integrations.hf.strategies import REPLAY, FinetuneStrategies, split_replay
     from forgetless.integrations.hf.tracker import CapabilityTracker
     from forgetless.integrations.hf.trainer import ForgetlessTrainer
 
@@ -253,31 +291,27 @@ def run_finetune(
         model = _apply_lora(model, cfg, objective)
     new = tuple(new_params)
     anchored = [n for n, p in model.named_parameters() if p.requires_grad and not any(n.endswith(m) for m in new)]
-    penalties = []
-    fisher_bytes = 0
-    if cfg.l2sp:
-        penalties.append(l2sp_penalty(model, cfg.l2sp, anchored))
-    if cfg.ewc:
-        sources = [c for c in capabilities if c.replay_rows() is not None]
-        if not sources:
-            raise ConfigError("EWC needs general data: keep a perplexity: or accuracy: capability")
-        generator = torch.Generator().manual_seed(cfg.seed)
-        fisher: dict[str, torch.Tensor] = {}
-        for capability in sources:
-            part = estimate_fisher(model, capability, cfg.ewc_samples, generator, cfg.ewc_modules or anchored)
-            for name, value in part.items():
-                fisher[name] = fisher.get(name, 0) + value / len(sources)
-        fisher_bytes = sum(v.numel() * v.element_size() for v in fisher.values())
-        penalties.append(ewc_penalty(model, fisher, cfg.ewc))
+    names, params = cfg.strategy_plan()
+    core_names, replay_ratio = split_replay(names, params)
+    strategies = FinetuneStrategies.build(
+        core_names,
+        {n: v for n, v in params.items() if n != REPLAY},
+        model,
+        capabilities,
+        pretrained=anchored,
+        seed=cfg.seed,
+        importance_names=select_parameters(model, cfg.ewc_modules) if cfg.ewc_modules else anchored,
+    )
+    strategies.prepare()
 
     replay_source = next((c for c in capabilities if c.replay_rows() is not None), None)
-    general = replay_source.replay_rows() if (cfg.replay_ratio and replay_source) else None
-    if cfg.replay_ratio and general is None:
+    general = replay_source.replay_rows() if (replay_ratio and replay_source) else None
+    if replay_ratio and general is None:
         raise ConfigError("replay needs general data: keep a perplexity: or accuracy: capability")
     task_set = RowsDataset(rows)
     general_set = RowsDataset(general) if general is not None else RowsDataset({"x": torch.zeros(0)})
     sampler = MixingBatchSampler(
-        len(task_set), len(general_set), cfg.batch_size, cfg.replay_ratio, num_batches=cfg.steps, seed=cfg.seed
+        len(task_set), len(general_set), cfg.batch_size, replay_ratio, num_batches=cfg.steps, seed=cfg.seed
     )
 
     optimizer = None
@@ -316,7 +350,7 @@ def run_finetune(
             data_collator=SplitCollator(),
             callbacks=callbacks,
             optimizers=(optimizer, None),
-            penalties=penalties,
+            strategies=strategies,
             replay_loss=replay_source.replay_loss if general is not None else None,
             mixing_sampler=sampler,
         )
@@ -327,6 +361,7 @@ def run_finetune(
         train_wall = time.perf_counter() - train_started
 
     summary = guard.summary()
+    reports = strategies.report()
     eval_seconds = sum(r["eval_seconds"] for r in tracker.history)
     wall = time.perf_counter() - started
     steps_done = guard.stopped_at if guard.stopped_at is not None else trainer.state.global_step
@@ -342,7 +377,7 @@ def run_finetune(
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_parameters": sum(p.numel() for p in model.parameters()),
             "tokens_per_second": trainer.state.global_step * cfg.batch_size * row_width / train_seconds,
-            "fisher_bytes": fisher_bytes,
+            "strategies": reports,
             "wall_seconds": wall,
             "config": cfg.model_dump(mode="json"),
         }

@@ -22,11 +22,7 @@ from torch import nn
 
 from forgetless.errors import ConfigError
 from forgetless.integrations.hf.capabilities.base import Capability
-from forgetless.strategies._fisher import fisher_diagonal, sample_rows
 from forgetless.strategies._penalty import AnchoredPenalty
-
-FISHER_CHUNK = 8
-"""Rows per forward of the Fisher estimate (a transformer's logits are large: ``rows x T x V``)."""
 
 
 def select_parameters(model: nn.Module, modules: Sequence[str] | None = None) -> list[str]:
@@ -81,22 +77,28 @@ def estimate_fisher(
 ) -> dict[str, torch.Tensor]:
     """Diagonal Fisher over ``n_samples`` rows of the capability's general data (float32).
 
-    The core's estimator (:func:`forgetless.strategies._fisher.fisher_diagonal`, ``sampled``:
-    labels or tokens drawn from the model's own distribution, exact per-sample gradients, the
-    batched path where the model allows and the per-sample loop where it does not), on the
-    capability's :meth:`~Capability.fisher_view`. Only the parameters matching ``modules`` get
-    a Fisher; gradients are taken for them alone, which is what bounds memory.
+    The core EWC's estimate (:func:`forgetless.strategies.ewc.estimate_fisher`, ``sampled``:
+    labels or tokens drawn from the model's own distribution, exact per-sample gradients) on a
+    fine-tune's context (:class:`~forgetless.integrations.hf.strategies.FinetuneContext`), as
+    ``forgetless finetune --strategies ewc`` takes it. Only the parameters matching ``modules``
+    get a Fisher; gradients are taken for them alone, which is what bounds memory.
     """
-    view = capability.fisher_view(model)
-    if view is None:
+    from forgetless.integrations.hf.strategies import FinetuneContext, FinetuneScenario
+    from forgetless.strategies.ewc import FisherParams
+    from forgetless.strategies.ewc import estimate_fisher as ewc_fisher
+
+    if capability.fisher_view(model) is None:
         raise ConfigError(f"capability {capability.name!r} has no data to estimate a Fisher on")
     if n_samples < 1:
         raise ConfigError(f"ewc samples must be >= 1, got {n_samples}")
-    module, rows = view
-    chosen = sample_rows(rows.shape[0], n_samples, generator)
-    names = [f"model.{name}" for name in select_parameters(model, modules)]
-    device = next(model.parameters()).device
-    fisher = fisher_diagonal(
-        module, rows[chosen].to(device), kind="sampled", generator=generator, names=names, chunk_size=FISHER_CHUNK
+    ctx = FinetuneContext(
+        model=model,
+        scenario=FinetuneScenario(),  # type: ignore[arg-type]
+        config=None,  # type: ignore[arg-type]
+        device=next(model.parameters()).device,
+        generator=generator,
+        capabilities=[capability],
+        importance_names=select_parameters(model, modules),
     )
-    return {name.removeprefix("model."): value.float() for name, value in fisher.items()}
+    fisher = ewc_fisher(ctx, FisherParams(fisher_samples=n_samples))
+    return {name: value.float() for name, value in fisher.items()}

@@ -1,11 +1,12 @@
-"""A ``transformers.Trainer`` mixin that adds anchored penalties and replay to the loss.
+"""A ``transformers.Trainer`` mixin that adds the strategies' loss terms and replay to the loss.
 
-``loss = (n_task * L_task + n_replay * L_replay) / (n_task + n_replay) + sum_k penalty_k(model)``
+``loss = (n_task * L_task + n_replay * L_replay) / (n_task + n_replay) + sum_k term_k(model)``
 
 where the replay rows come from a :class:`~forgetless.integrations.hf.mixing.MixingBatchSampler`
 (split off by :class:`~forgetless.integrations.hf.mixing.SplitCollator`) and ``L_replay`` is the
-kept capability's own loss (LM loss on general text, or CE through a fixed head). Penalties are
-:class:`forgetless.strategies._penalty.AnchoredPenalty` objects (see ``penalties.py``).
+kept capability's own loss (LM loss on general text, or CE through a fixed head). The terms are
+the ``loss`` hooks of the core strategies (:mod:`.strategies`: L2-SP, EWC, ...) and any plain
+:class:`forgetless.strategies._penalty.AnchoredPenalty` a script passes.
 
 The mixin also wires its :class:`~forgetless.integrations.hf.callback.ForgettingCallback` s into
 the Trainer: their evaluations go through ``self.log`` (``log_history`` and every ``report_to``
@@ -27,6 +28,7 @@ from transformers import Trainer
 
 from forgetless.integrations.hf.callback import ForgettingCallback
 from forgetless.integrations.hf.mixing import MixingBatchSampler
+from forgetless.integrations.hf.strategies import FinetuneStrategies
 from forgetless.strategies._penalty import AnchoredPenalty
 
 ReplayLoss = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
@@ -39,20 +41,25 @@ def _rows(batch: dict[str, Any]) -> int:
 class ForgettingTrainerMixin:
     """Put before ``Trainer`` in the bases: ``class MyTrainer(ForgettingTrainerMixin, Trainer)``.
 
-    Keyword arguments: ``penalties`` (list of ``AnchoredPenalty``), ``replay_loss`` (loss of a
-    replay sub-batch), ``mixing_sampler`` (batch sampler of the training set).
+    Keyword arguments: ``strategies`` (the core strategies of the fine-tune, a
+    :class:`~forgetless.integrations.hf.strategies.FinetuneStrategies` whose ``loss`` hooks are
+    added to every step's loss), ``penalties`` (plain ``AnchoredPenalty`` objects, added the
+    same way), ``replay_loss`` (loss of a replay sub-batch), ``mixing_sampler`` (batch sampler
+    of the training set).
     """
 
     def __init__(
         self,
         *args: Any,
         penalties: list[AnchoredPenalty] | None = None,
+        strategies: FinetuneStrategies | None = None,
         replay_loss: ReplayLoss | None = None,
         mixing_sampler: MixingBatchSampler | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.penalties = list(penalties or [])
+        self.strategies = strategies
         self.replay_loss = replay_loss
         self.mixing_sampler = mixing_sampler
         self.last_penalty = 0.0
@@ -121,9 +128,13 @@ class ForgettingTrainerMixin:
         else:
             loss, outputs = parent(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
             scaled = getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None
-        if self.penalties:
-            target = self.model  # unwrapped: names match the anchors under DDP too
-            penalty = sum(p.penalty(target) for p in self.penalties)
+        target = self.model  # unwrapped: names match the anchors under DDP too
+        terms = [p.penalty(target) for p in self.penalties]
+        if self.strategies is not None:
+            strategy_loss = self.strategies.loss(target, getattr(outputs, "logits", None))
+            terms += [strategy_loss] if strategy_loss is not None else []
+        if terms:
+            penalty = sum(terms[1:], terms[0])
             if scaled:  # the Trainer will not divide by the accumulation steps: do it here
                 penalty = penalty / getattr(self, "current_gradient_accumulation_steps", 1)
             self.last_penalty = float(penalty.detach())

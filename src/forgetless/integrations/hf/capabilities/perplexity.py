@@ -100,7 +100,7 @@ class Perplexity(Capability):
             return super().fisher_view(model)
         inputs = {
             "input_ids": rows["input_ids"],
-            "attention_mask": rows["attention_mask"],
+            "attention_mask": rows.get("attention_mask", torch.ones_like(rows["input_ids"])),
             "scored": (rows["labels"] != -100).long(),
         }
         view = PackedRows(model, self.fisher_logits, {k: v.shape[1] for k, v in inputs.items()})

@@ -1,0 +1,215 @@
+"""The core strategies inside a fine-tune: one protocol for ``forgetless run`` and ``finetune``.
+
+A fine-tune is the second task of a two-task stream. Task 0 is what the pretrained model already
+does; the data of its kept capabilities stand in for task 0's training set. Task 1 is the new
+task. :class:`FinetuneStrategies` shows the same :class:`~forgetless.strategies.Strategy`
+objects a :class:`FinetuneContext` and calls their hooks at the same points of that stream:
+
+* before training, ``after_task`` at task 0 (EWC's Fisher and MAS's importance are taken on the
+  kept capabilities' rows at the pretrained weights), then ``before_task`` at task 1 (L2-SP
+  anchors at the start; the pretrained parameters count as trained, ``ctx.pretrained``);
+* at every step, the ``loss`` hooks' terms are added to the Trainer's loss
+  (:class:`~forgetless.integrations.hf.trainer.ForgettingTrainerMixin`);
+* ``report`` and ``state_dict``/``load_state_dict`` as in a run.
+
+A strategy runs in a fine-tune when it says so (``stacks = ("run", "finetune")``), overrides only
+the hooks served here (:data:`SERVED_HOOKS`), reads its data through ``ctx.importance_samples``
+and needs no batch in ``loss``: ``l2sp``, ``ewc``, ``online-ewc`` and ``mas`` of the core, and
+any new strategy written the same way (docs/finetuning.md shows one). Others are refused in one
+line naming the hooks they need. Replay in a fine-tune is :mod:`.mixing`'s exact share of
+general rows in every batch (``replay`` in ``--strategies``, ``replay.ratio``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from forgetless.errors import ConfigError
+from forgetless.integrations.hf.capabilities.base import Capability
+from forgetless.strategies import STRATEGIES, Strategy, TrainingContext, discover, make_strategies
+from forgetless.strategies._fisher import sample_rows
+from forgetless.strategies.base import HOOKS, ImportanceSample
+
+FISHER_CHUNK = 8
+"""Rows per forward of an importance estimate (a transformer's logits are large: ``rows x T x V``)."""
+
+SERVED_HOOKS = ("before_task", "after_task", "loss", "report", "state_dict", "load_state_dict")
+"""The hooks a fine-tune calls; a strategy overriding any other one cannot run there."""
+
+REPLAY = "replay"
+"""The fine-tune's replay (:mod:`.mixing`), spelled as a strategy in ``--strategies``."""
+
+
+@dataclass
+class FinetuneScenario:
+    """What a strategy may read of ``ctx.scenario`` in a fine-tune: one output space (a causal
+    LM's vocabulary, or the task's head) and no task ids, i.e. the domain-incremental defaults."""
+
+    kind: str = "domain"
+    uses_task_id: bool = False
+    num_tasks: int = 2
+
+
+@dataclass
+class FinetuneContext(TrainingContext):
+    """The hooks' view of a fine-tune (task 0: the pretrained model; task 1: the new task)."""
+
+    capabilities: Sequence[Capability] = field(default_factory=list)
+    importance_names: list[str] | None = None
+    """Parameters an importance is estimated for (``None``: every trainable one)."""
+
+    def importance_samples(self, count: int) -> list[ImportanceSample]:
+        """Up to ``count`` rows of each kept capability that has general data, as the
+        per-sample engine takes them (``module(x, None)``: the capability's logits)."""
+        samples = []
+        for capability in self.capabilities:
+            view = capability.fisher_view(self.model)
+            if view is None:
+                continue
+            module, rows = view
+            chosen = sample_rows(rows.shape[0], count, self.generator)
+            names = None if self.importance_names is None else [f"model.{n}" for n in self.importance_names]
+            samples.append(
+                ImportanceSample(
+                    module,
+                    rows[chosen].to(self.device),
+                    None,
+                    None,
+                    names=names,
+                    prefix="model.",
+                    chunk_size=FISHER_CHUNK,
+                )
+            )
+        if not samples:
+            raise ConfigError(
+                "this strategy estimates an importance on general data: keep a perplexity: or accuracy: capability"
+            )
+        return samples
+
+    @property
+    def task(self) -> Any:
+        raise ConfigError(
+            "a fine-tune has no task-0 training set: a strategy reads it through ctx.importance_samples(count)"
+        )
+
+
+def split_replay(names: list[str], params: dict[str, dict[str, Any]]) -> tuple[list[str], float]:
+    """``(core strategy names, replay ratio)``: ``replay`` taken out of a fine-tune's list."""
+    ratio = 0.0
+    if REPLAY in names:
+        ratio = float(params.get(REPLAY, {}).get("ratio", 0.25))
+        unknown = set(params.get(REPLAY, {})) - {"ratio"}
+        if unknown:
+            raise ConfigError(f"replay has one parameter, ratio (the share of general rows): not {sorted(unknown)[0]}")
+    return [n for n in names if n != REPLAY], ratio
+
+
+def check_servable(names: Sequence[str]) -> None:
+    """One line for a strategy that overrides a hook a fine-tune does not call."""
+    discover()
+    for name in names:
+        cls = STRATEGIES.get(name)
+        if cls is None:
+            continue  # make_strategies names the unknown one
+        missing = [hook for hook in _hooks() if cls.overrides(hook)]
+        if "finetune" not in cls.stacks or missing:
+            why = (
+                f"needs the {', '.join(missing)} hook(s), which a fine-tune does not call"
+                if missing
+                else ("does not declare that it runs in a fine-tune (stacks)")
+            )
+            raise ConfigError(
+                f"strategy {name!r} {why}: use {', '.join(finetune_strategy_names())} or replay in finetune"
+            )
+
+
+def _hooks() -> list[str]:
+    return [h for h in HOOKS if h not in SERVED_HOOKS]
+
+
+def finetune_strategy_names() -> list[str]:
+    """The registered strategies a fine-tune can run (declared, overriding only served hooks)."""
+    discover()
+    return sorted(
+        name for name, cls in STRATEGIES.items() if "finetune" in cls.stacks and not any(map(cls.overrides, _hooks()))
+    )
+
+
+class FinetuneStrategies:
+    """The core strategies of one fine-tune, their context, and the calls the Trainer makes.
+
+    ``FinetuneStrategies(strategies, model, capabilities, pretrained, seed)`` then
+    :meth:`prepare` once on the pretrained model, before training; the Trainer mixin adds
+    :meth:`loss` to every step's loss.
+    """
+
+    def __init__(
+        self,
+        strategies: list[Strategy],
+        model: nn.Module,
+        capabilities: Sequence[Capability],
+        pretrained: Sequence[str],
+        seed: int = 0,
+        importance_names: list[str] | None = None,
+    ) -> None:
+        check_servable([s.name for s in strategies])
+        self.strategies = strategies
+        device = next(model.parameters()).device
+        self.ctx = FinetuneContext(
+            model=model,
+            scenario=FinetuneScenario(),  # type: ignore[arg-type]
+            config=None,  # type: ignore[arg-type]
+            device=device,
+            generator=torch.Generator().manual_seed(seed),
+            capabilities=capabilities,
+            importance_names=importance_names,
+            pretrained=frozenset(pretrained),
+        )
+        self.ctx.strategies = strategies
+        self._loss = [s for s in strategies if type(s).overrides("loss")]
+
+    @classmethod
+    def build(
+        cls,
+        combination: list[str],
+        params: dict[str, dict[str, Any]],
+        model: nn.Module,
+        capabilities: Sequence[Capability],
+        pretrained: Sequence[str],
+        seed: int = 0,
+        importance_names: list[str] | None = None,
+    ) -> FinetuneStrategies:
+        """From names and ``--set`` values, as :func:`~forgetless.strategies.make_strategies`."""
+        check_servable(combination)
+        built = make_strategies("+".join(combination), params) if combination else []
+        return cls(built, model, capabilities, pretrained, seed, importance_names)
+
+    def prepare(self) -> None:
+        """Task 0 ends (the pretrained model), task 1 (the fine-tune) begins."""
+        self.ctx.task_index = 0
+        for strategy in self.strategies:
+            strategy.after_task(self.ctx)
+        self.ctx.task_index = 1
+        for strategy in self.strategies:
+            strategy.before_task(self.ctx)
+
+    def loss(self, model: nn.Module, logits: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The sum of the ``loss`` hooks' terms for ``model`` (the unwrapped Trainer model)."""
+        self.ctx.model = model
+        terms = [t for s in self._loss if (t := s.loss(self.ctx, None, logits)) is not None]  # type: ignore[arg-type]
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        return {s.name: s.report() for s in self.strategies}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {s.name: s.state_dict() for s in self.strategies}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for strategy in self.strategies:
+            strategy.load_state_dict(state[strategy.name])
