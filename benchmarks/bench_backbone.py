@@ -7,7 +7,7 @@ backward, SGD step), ``augment`` (crop-flip of the batch alone) and ``library`` 
 learner ``_step`` on the same batch, with crop-flip). Targets (issue #17): augmentation <= 5 %
 of a step; the library's step <= 1.10x the plain one. On an accelerator: ``--device cuda``.
 
-    python benchmarks/bench_backbone.py --repeats 5 --steps 20 --threads 1
+    python -m benchmarks.bench_backbone --repeats 5 --steps 20 --threads 1
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import configure_threads, interleaved, median, paired_ratios
+from benchmarks.common import configure_threads, interleaved, median, paired_ratios
 from forgetless.config import make_config
 from forgetless.data.scenarios import Scenario, Task
 from forgetless.strategies.base import TrainingSet

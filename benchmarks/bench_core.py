@@ -5,7 +5,7 @@ count. Both sides do the same arithmetic on the same in-memory uint8 tensors: sl
 seeded permutation, scale to float, forward, cross-entropy, backward, step; evaluate every task
 after every task. Prints a Markdown table and writes JSON.
 
-    python benchmarks/bench_core.py --threads 1 --repeats 5 --out benchmarks/results/core.json
+    python -m benchmarks.bench_core --threads 1 --repeats 5 --out benchmarks/results/core.json
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import library_run, plain_loop
+from benchmarks.common import library_run, plain_loop
 from forgetless.config import make_config
 from forgetless.training.experiment import load_scenario, resolve
 

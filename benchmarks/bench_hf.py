@@ -4,7 +4,7 @@ Tokens/s of plain full fine-tuning vs L2-SP, EWC, replay (25% of every batch thr
 loss) and LoRA, each in the same AdamW loop; and the size and peak memory of EWC's Fisher.
 Targets (issue 6): penalty overhead <= 1.3x, LoRA no slower than full fine-tuning.
 
-    python benchmarks/bench_hf.py --out /tmp/bench_hf [--steps 20 --threads 1]
+    python -m benchmarks.bench_hf --out /tmp/bench_hf [--steps 20 --threads 1]
 """
 
 from __future__ import annotations

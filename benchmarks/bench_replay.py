@@ -7,7 +7,7 @@ interleaved in one process and the medians reported, with the ratio to naive per
 A-GEM are also timed on every later task (1..4 earlier tasks). Buffer sampling is timed for
 growing draw sizes, against a per-sample Python loop doing the same gather.
 
-    python benchmarks/bench_replay.py --threads 1 --repeats 5 --out benchmarks/results/replay.json
+    python -m benchmarks.bench_replay --threads 1 --repeats 5 --out benchmarks/results/replay.json
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import speed_target, strategy_names
 from forgetless.config import make_config
 from forgetless.data.scenarios import Scenario
-from forgetless.strategies._buffer import MemoryBuffer
+from forgetless.strategies._buffer import MemoryBuffer, ReplayStrategy
 from forgetless.training.experiment import build_learner, load_scenario, resolve
 
-STRATEGIES = ("naive", "er", "der", "derpp", "agem", "gem")
-TARGETS = {"er": 2.0, "agem": 2.5}
+STRATEGIES = ["naive", *strategy_names("replay", kind=ReplayStrategy)]
+"""naive (the reference) and every registered buffer-based replay strategy."""
 
 
 def step_times(scenario: Scenario, config, strategy: str, tasks: int, seed: int) -> list[float]:
@@ -77,7 +78,7 @@ def sampling_times(repeats: int) -> list[dict[str, float]]:
 def memory_rows(scenario: Scenario, config) -> list[dict[str, int]]:
     """Bytes per stored sample and in all, for each buffer-based strategy after one task."""
     rows = []
-    for strategy in ("er", "der", "agem", "gem"):
+    for strategy in STRATEGIES[1:]:
         learner = build_learner(config, scenario, strategy, 0)
         learner.train_task(0)
         buffer = learner.strategies[0].buffer
@@ -132,7 +133,7 @@ def main() -> None:
                 "strategy": strategy,
                 "step_ms": 1e3 * statistics.median(first),
                 "ratio_to_naive": statistics.median(ratios),
-                "target": TARGETS.get(strategy),
+                "target": None if strategy == "naive" else speed_target(strategy),
             }
         )
     per_tasks = []

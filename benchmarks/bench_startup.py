@@ -14,7 +14,7 @@ The second pass of each command is what a user sees from the second run on (the 
 decoded once into the user cache); the first, cold pass is reported apart. Prints a Markdown
 table and writes JSON.
 
-    python benchmarks/bench_startup.py --repeats 5 --out benchmarks/results/startup.json
+    python -m benchmarks.bench_startup --repeats 5 --out benchmarks/results/startup.json
 """
 
 from __future__ import annotations

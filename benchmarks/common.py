@@ -4,8 +4,9 @@ Every benchmark script in this folder times the library against what a researche
 hand, in the same process, with repeats *interleaved* (A B A B ..., not A A B B) so that load
 from other processes on a shared machine hits both sides alike; figures are medians.
 
-Import it from a script in this folder (``from common import plain_loop``): scripts run as
-``python benchmarks/<name>.py`` have this folder on ``sys.path``.
+Import it as ``from benchmarks.common import plain_loop``; the benchmarks run as modules from the
+repository root (``python -m benchmarks.bench_core``). The strategies' ``family`` and
+``speed_target`` come from the registry (:func:`strategy_names`, :func:`speed_target`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,44 @@ import torch.nn.functional as F
 from forgetless.config import RunConfig, make_config
 from forgetless.data.scenarios import Scenario
 from forgetless.models import build_model
+from forgetless.strategies import Strategy, discover
 from forgetless.training.evaluation import task_accuracies
 from forgetless.training.experiment import build_learner, load_scenario, resolve
 from forgetless.training.learner import Learner
 
 T = TypeVar("T")
+
+
+FAMILY_ORDER = ("baseline", "regularization", "distillation", "replay", "isolation")
+"""The order of the strategy families in the tables (any other family comes last)."""
+
+
+# -- strategy metadata (from the registry) ------------------------------------------------------
+def strategy_names(*families: str, kind: type[Strategy] = Strategy) -> list[str]:
+    """Registered strategies of ``families`` (all when none) that subclass ``kind``: ``naive``
+    first, then by :data:`FAMILY_ORDER` and name."""
+    registry = discover()
+
+    def order(name: str) -> tuple[bool, int, str]:
+        family = registry[name].family
+        rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+        return name != "naive", rank, name
+
+    chosen = [n for n, cls in registry.items() if (not families or cls.family in families) and issubclass(cls, kind)]
+    return sorted(chosen, key=order)
+
+
+def family(name: str) -> str:
+    """The registered strategy's ``family`` (``other`` for a name not registered)."""
+    cls = discover().get(name)
+    return cls.family if cls is not None else "other"
+
+
+def speed_target(name: str) -> float | None:
+    """The registered strategy's ``speed_target``: its highest acceptable wall-time ratio to
+    ``naive`` (``naive``'s own: to :func:`plain_loop`), ``None`` where it has none."""
+    cls = discover().get(name)
+    return cls.speed_target if cls is not None else None
 
 
 def configure_threads(threads: int) -> None:

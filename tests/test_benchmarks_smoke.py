@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark suite's harness (benchmarks/run_all.py) on a tiny config.
+"""Smoke test of the benchmark suite's harness (``python -m benchmarks.run_all``) on a tiny config.
 
 Not a timing test: it checks that every section runs and that the JSON and Markdown it writes
 have the documented schema. Split-digits (offline), one strategy, one round.
@@ -7,18 +7,13 @@ have the documented schema. Split-digits (offline), one strategy, one round.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import common  # noqa: E402
-import run_all  # noqa: E402
+from benchmarks import common, run_all
 
 TINY = [
     "--benchmark", "split-digits",
@@ -134,3 +129,21 @@ def test_peak_rss_sees_an_allocation() -> None:
             time.sleep(0.01)
         del block
     assert memory.reading.peak_bytes >= memory.reading.before_bytes + 48 * 2**20
+
+
+def test_every_strategy_declares_its_family_and_speed_target() -> None:
+    from forgetless.strategies import discover
+
+    for name, cls in discover().items():
+        assert cls.family in common.FAMILY_ORDER, name
+        assert cls.speed_target is None or cls.speed_target >= 1.0, name
+    assert common.speed_target("naive") == pytest.approx(1.10)
+    assert common.speed_target("not-a-strategy") is None and common.family("not-a-strategy") == "other"
+
+
+def test_strategy_names_come_from_the_registry_by_family() -> None:
+    names = common.strategy_names()
+    assert names[0] == "naive" and {"ewc", "er", "lwf", "packnet"} <= set(names)
+    assert set(common.strategy_names("distillation")) == {"lwf"}
+    families = [common.FAMILY_ORDER.index(common.family(n)) for n in names[1:]]
+    assert families == sorted(families)

@@ -54,8 +54,8 @@ import argparse
 import re
 from pathlib import Path
 
-from peer_paths import add_tool_paths
-from replay_accuracy import HERE, Tool, forgetless_tool, parse_seeds, run_interleaved, write_results
+from benchmarks.peers.peer_paths import ROOT, add_tool_paths
+from benchmarks.peers.replay_accuracy import HERE, Tool, forgetless_tool, parse_seeds, run_interleaved, write_results
 
 METHODS = ("naive", "er", "der", "derpp", "agem", "gem", "ewc", "si", "lwf")
 FORGETLESS_SETS = (
@@ -71,11 +71,11 @@ AVALANCHE_ACC = re.compile(r"final average accuracy: ([0-9.]+)")
 AVALANCHE_ROW = re.compile(r"after experience \d+: ([0-9. ]+)")
 
 
-def avalanche_tool(python: Path, script: Path, extra: list[str]) -> Tool:
-    """``avalanche_strategies.py METHOD --seed SEED`` in the Avalanche venv."""
+def avalanche_tool(python: Path, module: str, extra: list[str]) -> Tool:
+    """``python -m MODULE METHOD --seed SEED`` in the Avalanche venv, from the repository root."""
 
     def command(method: str, seed: int, _: Path) -> list[str]:
-        return [str(python), "-W", "ignore", str(script), method, "--seed", str(seed), *extra]
+        return [str(python), "-W", "ignore", "-m", module, method, "--seed", str(seed), *extra]
 
     def read(output: str, _: Path, __: str) -> tuple[float | None, float | None, list[float] | None]:
         if "non-finite weights" in output:  # Avalanche trains on; a NaN model predicts one class
@@ -85,8 +85,9 @@ def avalanche_tool(python: Path, script: Path, extra: list[str]) -> Tool:
             return None, None, None
         return float(found[-1]), None, [float(v) for v in rows[-1].split()] if rows else None
 
-    settings = f"{script.name} {' '.join(extra)}".strip() + " (SimpleMLP, PyTorch init, all 10 outputs from task 1)"
-    return Tool("avalanche", settings, None, command, read)
+    settings = f"{module.rpartition('.')[2]}.py {' '.join(extra)}".strip()
+    settings += " (SimpleMLP, PyTorch init, all 10 outputs from task 1)"
+    return Tool("avalanche", settings, ROOT, command, read)
 
 
 def tools(args: argparse.Namespace) -> list[Tool]:
@@ -100,7 +101,8 @@ def tools(args: argparse.Namespace) -> list[Tool]:
         ),
     }
     if args.avalanche_python.is_file():
-        found["avalanche"] = avalanche_tool(args.avalanche_python, HERE / "avalanche_strategies.py", args.avalanche_arg)
+        module = "benchmarks.peers.avalanche_strategies"
+        found["avalanche"] = avalanche_tool(args.avalanche_python, module, args.avalanche_arg)
     else:
         print(f"note: Avalanche skipped (no {args.avalanche_python})")
     return [found[name] for name in args.tools.split(",") if name in found]

@@ -40,7 +40,8 @@ from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.models import SimpleMLP
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 from avalanche.training.supervised import AGEM, DER, EWC, GEM, LwF, Naive, SynapticIntelligence
-from avalanche_split_fmnist import DATA_DIR, STREAM_ACC, load_split, tensor_dataset
+
+from benchmarks.peers.avalanche_split_fmnist import DATA_DIR, STREAM_ACC, load_split, tensor_dataset
 
 STRATEGIES = {
     "naive": (Naive, {}),

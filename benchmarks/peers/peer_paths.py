@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 PEERS = Path(os.environ.get("PEERS_DIR", "/work/peers"))
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository root: the working folder of ``python -m benchmarks.peers.NAME`` (the peers'
+venvs too)."""
 
 
 def add_tool_paths(parser: argparse.ArgumentParser, *peers: str) -> None:

@@ -15,7 +15,7 @@ so this script swaps Mammoth's in for one run:
 Everything else goes through the ordinary builders; ``--set`` takes strategy parameters as
 ``forgetless run --set``. Prints one JSON line: the final accuracy row and its mean (ACC).
 
-    python benchmarks/peers/replay_ablation.py der --seed 0 --head full --init xavier
+    python -m benchmarks.peers.replay_ablation der --seed 0 --head full --init xavier
 """
 
 from __future__ import annotations

@@ -7,14 +7,18 @@ this file; Mammoth gets the same settings as flags. One process per (tool, metho
 interleaved (seed by seed, method by method, tool by tool) so that load from other processes hits
 both tools alike.
 
-Per tool and method: final class-IL accuracy (mean +- std over the seeds), task-IL accuracy where
-the tool reports it (Mammoth prints both from one forward pass; forgetless's ``metrics.json`` of a
-class-IL run has class-IL accuracy only) and whole-process wall seconds (launch to exit). Written
-as ``replay_accuracy.json`` (every run, its command, its final accuracy row) and
+Per tool and method: final class-IL accuracy (mean +- std over the seeds), task-IL accuracy (both
+tools report it from the same forward pass: Mammoth prints it, forgetless's ``metrics.json`` of a
+class-IL run has ``task_il_acc``) and whole-process wall seconds (launch to exit). Written as
+``replay_accuracy.json`` (every run, its command, its final accuracy row) and
 ``replay_accuracy.md`` (the table) to ``--out``.
 
 Standard library only; run it with the forgetless venv's python. Mammoth is set up as README.md
-beside this file says; when it is missing it is skipped with a one-line note.
+beside this file says; when it is missing it is skipped with a one-line note. ``--merge`` reruns
+only the tools of ``--tools`` that are set up here and keeps every other tool's stored runs from
+``OUT/NAME.json`` (e.g. forgetless rerun on a machine without Mammoth's venv)::
+
+    python -m benchmarks.peers.replay_accuracy --tools forgetless,forgetless-xavier --merge
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peer_paths import add_tool_paths
+from benchmarks.peers.peer_paths import add_tool_paths
 
 HERE = Path(__file__).resolve().parent
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -95,7 +99,7 @@ def forgetless_tool(name: str, settings: str, launcher: list[str], config: Path,
 
     def read(_: str, scratch: Path, method: str) -> tuple[float | None, float | None, list[float] | None]:
         run = json.loads((scratch / "out" / "metrics.json").read_text())["runs"][method][0]
-        return run["metrics"]["acc"], None, run["accuracy_matrix"][-1]
+        return run["metrics"]["acc"], run["metrics"].get("task_il_acc"), run["accuracy_matrix"][-1]
 
     return Tool(name, settings, None, command, read)
 
@@ -229,6 +233,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
     p.add_argument("--out", type=Path, default=HERE.parent / "results" / "peers")
     p.add_argument("--name", default="replay_accuracy", help="file stem of the outputs (default replay_accuracy)")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the stored runs of every tool not rerun now from OUT/NAME.json (rerun only --tools set up here)",
+    )
     args = p.parse_args()
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
@@ -254,8 +263,46 @@ def run_interleaved(found: list[Tool], methods: list[str], seeds: list[int], tim
     return {"loadavg_before": load_before, "started": started}
 
 
-def write_results(found: list[Tool], methods: list[str], seeds: list[int], out: Path, name: str, load: dict) -> None:
-    """``NAME.json`` (meta, summary, every run) and ``NAME.md`` (the table) in ``out``."""
+def stored_tools(
+    path: Path, rerun: set[str], methods: list[str], seeds: list[int]
+) -> tuple[list[Tool], dict, list[str]]:
+    """The tools of a stored ``NAME.json`` other than ``rerun``, with their stored runs of ``methods``
+    x ``seeds``, settings and commands; when and under which load those runs were made; the
+    file's tool order."""
+    data = json.loads(path.read_text())
+    meta, kept = data["meta"], []
+    for name, command in meta["commands"].items():
+        if name in rerun:
+            continue
+        runs = [Run(**r) for r in data["runs"] if r["tool"] == name and r["method"] in methods and r["seed"] in seeds]
+        missing = sorted({(m, s) for m in methods for s in seeds} - {(r.method, r.seed) for r in runs})
+        if missing:
+            print(f"note: {path.name} holds no {name} run of {', '.join(f'{m} seed {s}' for m, s in missing)}")
+        settings = next((per_tool[name]["settings"] for per_tool in data["summary"].values() if name in per_tool), "")
+        argv = command["argv"]
+        cwd = Path(command["cwd"]) if command["cwd"] else None
+        kept.append(Tool(name, settings, cwd, lambda method, _, __, argv=argv: argv.get(method), None, runs))
+    when = {k: meta.get(k) for k in ("started", "loadavg_before", "loadavg_after")}
+    return kept, {"from": path.name, "tools": [t.name for t in kept], **when}, list(meta["commands"])
+
+
+def merged(found: list[Tool], kept: list[Tool], order: list[str]) -> list[Tool]:
+    """``found`` and ``kept`` in the stored file's tool ``order`` (tools new to it last)."""
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted([*found, *kept], key=lambda t: rank.get(t.name, len(rank)))
+
+
+def write_results(
+    found: list[Tool],
+    methods: list[str],
+    seeds: list[int],
+    out: Path,
+    name: str,
+    load: dict,
+    kept_from: dict | None = None,
+) -> None:
+    """``NAME.json`` (meta, summary, every run) and ``NAME.md`` (the table) in ``out``; ``kept_from``
+    (:func:`stored_tools`) says which tools' runs were kept from an earlier file, made when."""
     summary = summarise(found, methods)
     meta = {
         "methods": methods,
@@ -273,6 +320,8 @@ def write_results(found: list[Tool], methods: list[str], seeds: list[int], out: 
             for t in found
         },
     }
+    if kept_from is not None:
+        meta["kept_from"] = kept_from
     runs = [vars(r) for t in found for r in t.runs]
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(summary)
@@ -285,8 +334,16 @@ def main() -> None:
     args = parse_args()
     methods, seeds = args.methods.split(","), parse_seeds(args.seeds)
     found = tools(args)
+    kept_from = None
+    if args.merge:
+        stored = args.out / f"{args.name}.json"
+        if not stored.is_file():
+            raise SystemExit(f"--merge: no {stored} to merge with")
+        kept, kept_from, order = stored_tools(stored, {t.name for t in found}, methods, seeds)
     load = run_interleaved(found, methods, seeds, args.timeout)
-    write_results(found, methods, seeds, args.out, args.name, load)
+    if args.merge:
+        found = merged(found, kept, order)
+    write_results(found, methods, seeds, args.out, args.name, load, kept_from)
 
 
 if __name__ == "__main__":

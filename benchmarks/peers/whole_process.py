@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peer_paths import add_tool_paths
+from benchmarks.peers.peer_paths import ROOT, add_tool_paths
 
 HERE = Path(__file__).resolve().parent
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -111,8 +111,9 @@ def candidates(args: argparse.Namespace) -> list[Candidate]:
             Candidate(
                 "avalanche",
                 "Naive, SGD lr 0.01 momentum 0.9",
-                lambda s: [str(args.avalanche_python), str(HERE / "avalanche_split_fmnist.py")],
+                lambda s: [str(args.avalanche_python), "-m", "benchmarks.peers.avalanche_split_fmnist"],
                 read_regex(AVALANCHE_ACC),
+                cwd=ROOT,
             )
         )
     else:

@@ -74,7 +74,12 @@ def run(
     ),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
-    data_dir: Optional[Path] = typer.Option(None, help="folder holding the data set files"),
+    data_dir: Optional[Path] = typer.Option(
+        None, help="folder holding the data set files (split-image-folder: the folder of your images)"
+    ),
+    image_size: Optional[int] = typer.Option(
+        None, help="resize image-file data sets (image folder, Tiny-ImageNet, CORe50) to NxN pixels"
+    ),
     no_download: bool = typer.Option(False, "--no-download", help="never download data"),
     set_: list[str] = typer.Option([], "--set", help="strategy parameter, e.g. ewc.ewc_lambda=100"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with the same fields"),
@@ -122,6 +127,7 @@ def run(
         "device": device,
         "threads": threads,
         "data_dir": data_dir,
+        "image_size": image_size,
         "out": out,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
@@ -259,7 +265,7 @@ def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
 
 @app.command("list")
 def list_names() -> None:
-    """Benchmarks, scenarios and strategies, with one line each."""
+    """Benchmarks, scenarios and strategies (with their family), one line each."""
     from forgetless.data.benchmarks import BENCHMARKS
     from forgetless.data.scenarios import SCENARIOS
     from forgetless.strategies import discover
@@ -267,7 +273,13 @@ def list_names() -> None:
     for title, rows in (
         ("benchmarks", [(b.name, f"{b.description} [default: {b.scenario}-IL]") for b in BENCHMARKS.values()]),
         ("scenarios", list(SCENARIOS.items())),
-        ("strategies", [(s.name, _summary(s)) for s in sorted(discover().values(), key=lambda s: s.name)]),
+        (
+            "strategies",
+            [
+                (s.name, f"[dim]\\[{s.family}][/] {_summary(s)}")
+                for s in sorted(discover().values(), key=lambda s: s.name)
+            ],
+        ),
     ):
         table = Table(title=title, show_header=False, title_justify="left")
         table.add_column(style="bold cyan")

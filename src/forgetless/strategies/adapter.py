@@ -109,6 +109,7 @@ class AdapterParams(FrozenBackboneParams):
 @register
 class Adapter(FrozenBackboneStrategy):
     name = "adapter"
+    family = "isolation"
     summary = "per-task bottleneck adapters (Houlsby) on a backbone frozen after the first task (task-IL)"
     Params = AdapterParams
     model: AdapterTaskModel

@@ -40,6 +40,8 @@ def agem_project(gradient: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
 @register
 class AGEM(ReplayStrategy):
     name = "agem"
+    family = "replay"
+    speed_target = 2.5
     summary = "A-GEM: project the gradient so the loss on a memory batch does not rise"
     Params: ClassVar[type[BaseModel]] = AGEMParams
 

@@ -219,11 +219,22 @@ class Strategy:
 
     Subclasses set ``name`` (the CLI name), ``summary`` (one line for ``forgetless list``),
     ``scenarios`` (those the method supports) and ``Params`` (a pydantic model of its
-    hyperparameters with documented defaults).
+    hyperparameters with documented defaults). Two more describe the method to the listing and
+    the benchmarks (``benchmarks/``), which read them from the registry:
+
+    * ``family``: the kind of method, one of ``baseline``, ``regularization``,
+      ``distillation``, ``replay``, ``isolation`` (``other`` when unset).
+    * ``speed_target``: the highest acceptable ratio of its training wall time to ``naive``'s
+      on the benchmark suite's class-IL run (``naive``'s own is to the hand-written PyTorch
+      loop); ``None``: no target.
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    family: ClassVar[str] = "other"
+    """The kind of method (``forgetless list``, the benchmark tables)."""
+    speed_target: ClassVar[float | None] = None
+    """Highest acceptable wall-time ratio to ``naive`` (``naive``: to the plain loop), or ``None``."""
     scenarios: ClassVar[tuple[str, ...]] = ("task", "domain", "class")
     Params: ClassVar[type[BaseModel]] = NoParams
     requires: ClassVar[tuple[str, ...]] = ()

@@ -75,6 +75,7 @@ class DERPPParams(DERParams):
 @register
 class DER(ReplayStrategy):
     name = "der"
+    family = "replay"
     summary = "dark experience replay: match the logits stored with buffer samples"
     Params: ClassVar[type[BaseModel]] = DERParams
     store_logits = True
@@ -126,6 +127,8 @@ class DER(ReplayStrategy):
 @register
 class DERPlusPlus(DER):
     name = "derpp"
+    family = "replay"
+    speed_target = 2.0
     summary = "DER++: DER plus cross-entropy on a second buffer sample"
     Params: ClassVar[type[BaseModel]] = DERPPParams
 

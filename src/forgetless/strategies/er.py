@@ -21,6 +21,8 @@ from forgetless.strategies.base import Batch, TrainingContext
 @register
 class ExperienceReplay(ReplayStrategy):
     name = "er"
+    family = "replay"
+    speed_target = 2.0
     summary = "experience replay: mix each batch with samples from a reservoir memory"
 
     def replay_batch(self, ctx: TrainingContext, batch: Batch) -> Batch | None:

@@ -73,6 +73,8 @@ class EWCParams(FisherParams):
 @register
 class EWC(PenaltyStrategy):
     name = "ewc"
+    family = "regularization"
+    speed_target = 1.3
     summary = "elastic weight consolidation: Fisher-weighted penalty toward every earlier task's optimum"
     Params = EWCParams
     stacks = ("run", "finetune")

@@ -82,6 +82,7 @@ def gem_project(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 
 @register
 class GEM(ReplayStrategy):
     name = "gem"
+    family = "replay"
     requires = ("quadprog",)
     summary = "GEM: project the gradient (QP) so no earlier task's memory loss rises"
     Params: ClassVar[type[BaseModel]] = GEMParams

@@ -82,6 +82,7 @@ def _frozen(module: nn.Module) -> nn.Module:
 @register
 class GenerativeReplay(Strategy):
     name = "generative-replay"
+    family = "replay"
     summary = "deep generative replay: a VAE replays past inputs, the old solver labels them"
     Params: ClassVar[type[BaseModel]] = GenerativeReplayParams
 

@@ -16,6 +16,7 @@ from forgetless.strategies.base import Strategy, TrainingContext, TrainingSet
 @register
 class Joint(Strategy):
     name = "joint"
+    family = "baseline"
     summary = "train on all tasks at once (the upper bound, not a continual method)"
 
     def training_set(self, ctx: TrainingContext, data: TrainingSet) -> TrainingSet:

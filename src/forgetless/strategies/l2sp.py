@@ -48,6 +48,8 @@ class L2SPParams(BaseModel):
 @register
 class L2SP(PenaltyStrategy):
     name = "l2sp"
+    family = "regularization"
+    speed_target = 1.3
     summary = "L2-SP: uniform L2 penalty toward the starting point (+ decay of new parameters)"
     Params = L2SPParams
     stacks = ("run", "finetune")

@@ -110,6 +110,7 @@ class LoraParams(FrozenBackboneParams):
 @register
 class Lora(FrozenBackboneStrategy):
     name = "lora"
+    family = "isolation"
     requires = ("peft",)
     summary = "per-task LoRA adapters (peft) on a backbone frozen after the first task (task-IL)"
     Params = LoraParams

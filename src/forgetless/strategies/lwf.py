@@ -79,6 +79,8 @@ class _FeatureKeeper:
 @register
 class LwF(Strategy):
     name = "lwf"
+    family = "distillation"
+    speed_target = 1.3
     summary = "learning without forgetting: distil the previous model's outputs on new data"
     Params = LwFParams
 

@@ -43,6 +43,8 @@ class MASParams(BaseModel):
 @register
 class MAS(PenaltyStrategy):
     name = "mas"
+    family = "regularization"
+    speed_target = 1.3
     summary = "memory aware synapses: label-free importance from output sensitivity"
     Params = MASParams
     stacks = ("run", "finetune")

@@ -12,4 +12,6 @@ from forgetless.strategies.base import Strategy
 @register
 class Naive(Strategy):
     name = "naive"
+    family = "baseline"
+    speed_target = 1.10
     summary = "plain fine-tuning on each task in turn (the lower bound)"

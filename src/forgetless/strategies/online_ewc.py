@@ -35,6 +35,8 @@ class OnlineEWCParams(FisherParams):
 @register
 class OnlineEWC(PenaltyStrategy):
     name = "online-ewc"
+    family = "regularization"
+    speed_target = 1.3
     summary = "online EWC: one running Fisher (decay gamma) and one anchor, constant memory"
     Params = OnlineEWCParams
     stacks = ("run", "finetune")

@@ -106,6 +106,7 @@ class PackNetParams(BaseModel):
 @register
 class PackNet(IsolationStrategy):
     name = "packnet"
+    family = "isolation"
     summary = "PackNet: prune by magnitude after each task, freeze the kept weights (task-IL)"
     Params = PackNetParams
     model: PackNetModel

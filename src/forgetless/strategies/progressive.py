@@ -112,6 +112,7 @@ class ProgressiveColumns(TaskRoutedModel):
 @register
 class Progressive(IsolationStrategy):
     name = "progressive"
+    family = "isolation"
     summary = "progressive networks: a new column per task with lateral connections (task-IL)"
     model: ProgressiveColumns
 

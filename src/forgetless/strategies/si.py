@@ -50,6 +50,8 @@ class SIParams(BaseModel):
 @register
 class SI(PenaltyStrategy):
     name = "si"
+    family = "regularization"
+    speed_target = 1.3
     summary = "synaptic intelligence: path-integral importance accumulated during training"
     Params = SIParams
 

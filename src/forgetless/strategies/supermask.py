@@ -164,6 +164,7 @@ class SupermaskParams(BaseModel):
 @register
 class Supermask(IsolationStrategy):
     name = "supermask"
+    family = "isolation"
     summary = "supermasks (SupSup): fixed random weights, one learned binary mask per task (task-IL)"
     Params = SupermaskParams
     model: SupermaskModel
