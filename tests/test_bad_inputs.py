@@ -427,6 +427,7 @@ def _edit_checkpoint(run: Path, part: str, edit) -> None:
 def _in_task(tree: dict) -> None:
     tree["loop"].update(in_task=True, task_index=1, epoch=0, position=999, elapsed=1.0)
     tree["result"]["rows"] = tree["result"]["rows"][:1]
+    tree["result"]["task_il_rows"] = tree["result"]["task_il_rows"][:1]  # class-IL: one row each
     tree["order"] = torch.arange(100)
 
 

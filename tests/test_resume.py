@@ -26,6 +26,7 @@ from forgetless.config import make_config
 from forgetless.strategies import STRATEGIES, discover
 from forgetless.training import checkpoint as ckpt
 from forgetless.training.experiment import build_learner, load_scenario, resolve
+from forgetless.training.result import RunResult
 
 discover()
 CORE = ["naive", "ewc", "er", "packnet", "progressive"]
@@ -60,6 +61,12 @@ def _config(name: str, **extra):
 
 def _all_checkpoints(config, name: str, folder: Path) -> tuple[np.ndarray, list[Path]]:
     """Run uninterrupted, saving every checkpoint into its own folder; the matrix and folders."""
+    result, folders = _all_checkpoint_results(config, name, folder)
+    return result.matrix, folders
+
+
+def _all_checkpoint_results(config, name: str, folder: Path) -> tuple[RunResult, list[Path]]:
+    """:func:`_all_checkpoints` with the whole result (the task-IL matrix of a class-IL run too)."""
     scenario = load_scenario(config, config.seed)
     learner = build_learner(config, scenario, name, config.seed)
     folders: list[Path] = []
@@ -76,28 +83,36 @@ def _all_checkpoints(config, name: str, folder: Path) -> tuple[np.ndarray, list[
         folders.append(run_dir)
 
     learner.on_checkpoint = keep
-    return learner.run().matrix, folders
+    return learner.run(), folders
 
 
 def _resume_from(config, name: str, run_dir: Path) -> np.ndarray:
+    return _resume_result(config, name, run_dir).matrix
+
+
+def _resume_result(config, name: str, run_dir: Path) -> RunResult:
+    """The result of a fresh learner restored from the checkpoint in ``run_dir`` and run to the end."""
     saved = ckpt.load_checkpoint(run_dir)
     assert saved is not None
     torch.manual_seed(12345)  # the global RNG must come from the checkpoint, not from here
     learner = build_learner(config, load_scenario(config, config.seed), name, config.seed)
     learner.load_checkpoint(saved.learner)
-    return learner.run().matrix
+    return learner.run()
 
 
 def _check_exact_resume(name: str, tmp_path: Path, picks: int = 4) -> None:
     config = _config(name)
-    reference, folders = _all_checkpoints(config, name, tmp_path)
+    reference, folders = _all_checkpoint_results(config, name, tmp_path)
     assert len(folders) > 5
     where = [ckpt.load_checkpoint(f).where() for f in folders]
     assert any("step" in w for w in where) and any("start of task" in w for w in where)
     chosen = sorted({0, 3, len(folders) // 2, len(folders) // 2 + 1, len(folders) - 2})[: picks + 1]
     for index in chosen:
-        resumed = _resume_from(config, name, folders[index])
-        assert np.array_equal(resumed, reference), f"{name}: resume from {where[index]} differs"
+        resumed = _resume_result(config, name, folders[index])
+        assert np.array_equal(resumed.matrix, reference.matrix), f"{name}: resume from {where[index]} differs"
+        got, expected = resumed.task_il_matrix, reference.task_il_matrix  # class-IL runs only
+        same = got is None if expected is None else got is not None and np.array_equal(got, expected)
+        assert same, f"{name}: task-IL from {where[index]} differs"
 
 
 @pytest.mark.parametrize("name", CORE)

@@ -10,7 +10,8 @@ Three scenarios (van de Ven & Tolias 2019), each an explicit object, not a test-
   labels are global, numbered in the order the classes arrive.
 
 Builders: :func:`split` (disjoint classes per task), :func:`permuted` (one seeded pixel
-permutation per task) and :func:`rotated` (one fixed angle per task). Every task keeps its
+permutation per task), :func:`rotated` (one fixed angle per task) and :func:`by_domain` (one
+task per acquisition domain, CORe50's sessions). Every task keeps its
 inputs as compact tensors (``uint8`` for images) already in their final pixel order, so the
 training loop only slices and scales them.
 """
@@ -78,6 +79,17 @@ class Scenario:
     def uses_task_id(self) -> bool:
         return self.kind == "task"
 
+    def task_labels(self) -> list[torch.Tensor] | None:
+        """Class-IL: each task's labels in the head's output space (sorted, on the task's device),
+        for the task-IL accuracy of a class-IL run; ``None`` for task- and domain-IL.
+
+        Read from the labels the task's rows carry, not from :attr:`Task.classes` (the original
+        data set's classes, which a class order or a permuted/rotated stream renumbers).
+        """
+        if self.kind != "class":
+            return None
+        return [torch.unique(torch.cat([task.train_y, task.test_y])) for task in self.tasks]
+
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """Scale compact inputs to floats in ``[0, 1]`` (done batch by batch in the hot loop)."""
         return x.to(torch.float32).div_(self.max_value)
@@ -109,10 +121,15 @@ class Scenario:
         return replace(self, tasks=kept, head_sizes=heads, active_outputs=self.active_outputs[:n])
 
     def to(self, device: torch.device | str) -> Scenario:
-        """Move every task's tensors to ``device`` (compact dtype kept)."""
+        """Move every task's tensors to ``device`` (compact dtype kept); a tensor that several
+        tasks share (CORe50's one test set) is moved once and stays shared."""
+        moved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (original, moved)
         for task in self.tasks:
             for name in ("train_x", "train_y", "test_x", "test_y"):
-                setattr(task, name, getattr(task, name).to(device))
+                tensor = getattr(task, name)
+                if id(tensor) not in moved:
+                    moved[id(tensor)] = (tensor, tensor.to(device))
+                setattr(task, name, moved[id(tensor)][1])
         return self
 
 
@@ -204,8 +221,17 @@ def _select(
     out = []
     for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
         rows = torch.isin(y, wanted)
-        out += [x[rows].contiguous(), position[y[rows]] - start + offset]
+        out += [rows_of(x, rows), position[y[rows]] - start + offset]
     return out[0], out[1], out[2], out[3]
+
+
+def rows_of(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[rows]`` (a boolean mask) as a contiguous tensor: a view when the rows are one run
+    (a data set stored class by class, memory-mapped or not, is sliced without a copy)."""
+    where = rows.nonzero().squeeze(1)
+    if len(where) and int(where[-1]) - int(where[0]) + 1 == len(where):
+        return x[int(where[0]) : int(where[-1]) + 1].contiguous()  # no copy when x is contiguous
+    return x[where].contiguous()
 
 
 def _relabelled_stream(
@@ -237,6 +263,49 @@ def _relabelled_stream(
     active = [k * (i + 1) for i in range(n)] if kind == "class" else []
     return check_tasks(
         Scenario(kind, name, tasks, data.input_shape, data.max_value, head_sizes, active, sources=data.sources)
+    )
+
+
+def by_domain(data: ImageDataset, n_tasks: int | None = None, kind: ScenarioKind = "domain") -> Scenario:
+    """One task per acquisition domain of the training images (:attr:`ImageDataset.train_domains`),
+    every task tested on the whole test set: CORe50's new-instances (NI) stream, one task per
+    training session (Lomonaco & Maltoni 2017). ``n_tasks`` keeps the first domains.
+
+    Labels as in :func:`permuted`: the same label space every task (``task``, ``domain``), or
+    shifted by ``k`` per task (``class``). A domain stored as one run of rows is a view.
+    """
+    _check_kind(kind)
+    if data.train_domains is None:
+        raise ConfigError(f"{data.name} records no domain per image: use a split, permuted or rotated stream")
+    names = data.domain_names or tuple(str(d) for d in range(int(data.train_domains.max()) + 1))
+    n_tasks = len(names) if n_tasks is None else n_tasks
+    if not 1 <= n_tasks <= len(names):
+        raise ConfigError(
+            f"{data.name} has {len(names)} domains ({', '.join(names)}): choose --tasks between 1 and {len(names)}"
+        )
+    k = data.num_classes
+    tasks = []
+    for index in range(n_tasks):
+        rows = data.train_domains == index
+        offset = index * k if kind == "class" else 0
+        train_y = data.train_y[rows]
+        tasks.append(
+            Task(
+                index=index,
+                train_x=rows_of(data.train_x, rows),
+                train_y=train_y + offset if offset else train_y,
+                test_x=data.test_x,
+                test_y=data.test_y + offset if offset else data.test_y,
+                classes=tuple(sorted(set(train_y.tolist()))),
+                description=f"domain {names[index]}",
+            )
+        )
+    head_sizes = [k] * n_tasks if kind == "task" else [k * n_tasks] if kind == "class" else [k]
+    active = [k * (i + 1) for i in range(n_tasks)] if kind == "class" else []
+    return check_tasks(
+        Scenario(
+            kind, f"domains-{data.name}", tasks, data.input_shape, data.max_value, head_sizes, active, data.sources
+        )
     )
 
 

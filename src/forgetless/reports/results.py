@@ -16,7 +16,7 @@ import numpy as np
 
 from forgetless.config import dump_config
 from forgetless.io import atomic_write_json, atomic_write_text
-from forgetless.metrics import forgetting_per_task, summarize
+from forgetless.metrics import forgetting_per_task
 from forgetless.reports.plot_worker import PlotWorker
 from forgetless.training.experiment import ExperimentResult
 
@@ -26,7 +26,7 @@ def _run_record(result: ExperimentResult, name: str, index: int) -> dict[str, An
     record = run.to_record()
     return {
         "seed": record.pop("seed"),
-        "metrics": summarize(run.matrix, run.baseline, result.joint_reference(index)),
+        "metrics": run.metrics(result.joint_reference(index)),
         "forgetting_per_task": forgetting_per_task(run.matrix).round(6).tolist(),
         **record,
     }

@@ -9,7 +9,8 @@ from forgetless.training.experiment import ExperimentResult
 
 
 def summary_table(result: ExperimentResult) -> Table:
-    """ACC, BWT, FWT, forgetting (and intransigence with a joint run), wall time per strategy."""
+    """ACC, BWT, FWT, forgetting (and intransigence with a joint run, task-IL ACC for a class-IL
+    run), wall time per strategy."""
     summary = result.summary()
     config = result.config
     seeds = config.seeds
@@ -22,12 +23,17 @@ def summary_table(result: ExperimentResult) -> Table:
     columns = [("acc", "ACC↑"), ("bwt", "BWT↑"), ("fwt", "FWT↑"), ("forgetting", "Forget↓")]
     if "joint" in summary:
         columns.append(("intransigence", "Intrans↓"))
+    task_il = any("task_il_acc" in metrics for metrics in summary.values())
+    if task_il:
+        columns.append(("task_il_acc", "task-IL ACC↑"))
     for _, label in columns:
         table.add_column(label, justify="right", no_wrap=True)
     table.add_column("wall s", justify="right", no_wrap=True)
     notes = ["mean±std over seeds; ↑ higher is better, ↓ lower is better"] if seeds > 1 else []
     if "joint" in summary:
         notes.append("joint: the upper bound, every task's data at the first task (FWT not meaningful)")
+    if task_il:
+        notes.append("task-IL ACC: the same predictions restricted to each test row's own task's classes")
     table.caption = "\n".join(notes) or None
     for name, metrics in summary.items():
         cells = []

@@ -9,7 +9,8 @@ file                       content
 ``model.safetensors``      the model's ``state_dict`` (loadable with ``safetensors`` alone)
 ``learner.*``              loop state (task, epoch, position in the epoch's permutation and the
                            permutation itself, step counters, active outputs, frozen flags),
-                           the accuracy rows and timings so far, and every RNG state
+                           the accuracy rows (and a class-IL run's task-IL rows) and timings
+                           so far, and every RNG state
 ``optimizer.*``            optimizer and learning-rate schedule state (mid-task checkpoints)
 ``strategies.*``           every strategy's ``state_dict()`` (Fisher, anchors, buffers, masks)
 ``experiment.*``           which (strategy combination, seed) run this is, the exact results of
@@ -45,7 +46,9 @@ from forgetless.training.result import RunResult
 
 FORMAT = "forgetless-checkpoint"
 VERSION = 2
-"""2: a manifest with every file's SHA-256 (version 1 had none)."""
+"""2: a manifest with every file's SHA-256 (version 1 had none). Class-IL task-IL rows
+(``result.task_il_rows``, ``completed.*.task_il_matrix``) were added later as optional fields of
+version 2: a checkpoint written before them resumes, and its runs simply have no task-IL matrix."""
 MANIFEST = "manifest.json"
 CHECKPOINT = "checkpoint"
 """Name of the checkpoint folder inside a run folder."""
@@ -465,6 +468,7 @@ class _RunRecord(_RunKey):
     steps: list[Count]
     report: dict[str, Any]
     stopped_early: list[Annotated[list[Count], Field(min_length=2, max_length=2)]]
+    task_il_matrix: Tensor | None = None
 
 
 class _ExperimentPart(_Part):
@@ -488,6 +492,7 @@ class _Loop(_Part):
 class _Result(_Part):
     baseline: Tensor
     rows: list[Tensor]
+    task_il_rows: list[Tensor] | None = None
     train_seconds: list[Seconds]
     eval_seconds: Seconds
     steps: list[Count]
@@ -582,6 +587,15 @@ def validate_checkpoint(saved: Checkpoint) -> Checkpoint:
                 f"{where}.matrix: shape {tuple(record.matrix.shape)} and baseline {tuple(record.baseline.shape)} "
                 f"for {tasks} tasks",
             )
+        task_il = record.task_il_matrix
+        if task_il is not None and (tuple(task_il.shape) != (tasks, tasks) or not task_il.is_floating_point()):
+            raise _invalid(
+                folder,
+                "experiment.json",
+                f"{where}.task_il_matrix: a {task_il.dtype} tensor of shape {tuple(task_il.shape)} for {tasks} tasks",
+            )
+        if task_il is not None and config.get("scenario") != "class":
+            raise _invalid(folder, "experiment.json", f"{where}.task_il_matrix: only class-incremental runs have one")
 
     learner_state = {k: v for k, v in saved.learner.items() if k not in ("model", "strategies", "optimizer")}
     try:
@@ -604,6 +618,19 @@ def validate_checkpoint(saved: Checkpoint) -> Checkpoint:
     if len(rows) != loop.task_index or any(tuple(r.shape) != (tasks,) for r in rows):
         raise _invalid(
             folder, "learner.json", f"result.rows: {len(rows)} rows of accuracies at task {loop.task_index} of {tasks}"
+        )
+    task_il_rows = learner.result.task_il_rows
+    if task_il_rows is not None and config.get("scenario") != "class":
+        raise _invalid(folder, "learner.json", "result.task_il_rows: only class-incremental runs have them")
+    if task_il_rows is not None and (
+        len(task_il_rows) != len(rows)
+        or any(tuple(r.shape) != (tasks,) or not r.is_floating_point() for r in task_il_rows)
+    ):
+        raise _invalid(
+            folder,
+            "learner.json",
+            f"result.task_il_rows: {len(task_il_rows)} rows of task-IL accuracies beside {len(rows)} accuracy rows "
+            f"of {tasks} tasks",
         )
     if tuple(learner.result.baseline.shape) != (tasks,):
         raise _invalid(folder, "learner.json", f"result.baseline: shape {tuple(learner.result.baseline.shape)}")

@@ -25,7 +25,6 @@ from forgetless.data.benchmarks import build_scenario, get_benchmark
 from forgetless.data.scenarios import Scenario, validation_split
 from forgetless.errors import ConfigError, NumericalError
 from forgetless.io import atomic_write_json
-from forgetless.metrics import summarize
 from forgetless.models import build_model
 from forgetless.models.resnet import DEFAULT_WIDTH
 from forgetless.strategies import make_strategies
@@ -71,6 +70,7 @@ def load_scenario(config: RunConfig, seed: int) -> Scenario:
         class_order_seed=config.class_order_seed,
         data_dir=config.data_dir,
         download=config.download,
+        image_size=config.image_size,
     )
     if config.validation > 0:
         scenario = validation_split(scenario, config.validation, seed)
@@ -192,7 +192,7 @@ class ExperimentResult:
         for name, runs in self.runs.items():
             per_seed = []
             for i, run in enumerate(runs):
-                metrics = summarize(run.matrix, run.baseline, self.joint_reference(i))
+                metrics = run.metrics(self.joint_reference(i))
                 metrics["wall_seconds"] = run.wall_seconds
                 per_seed.append(metrics)
             # a metric counts only where every seed has it (intransigence needs joint's seed)
@@ -374,6 +374,9 @@ def _train(learner: Learner, callback: Progress | None, run_dir: Path | None) ->
                     "error": str(error),
                     "accuracy_matrix": [row.round(6).tolist() for row in learner.rows],
                     "random_init_accuracy": learner.result.baseline.round(6).tolist(),
+                    "task_il_matrix": None
+                    if learner.task_il_rows is None
+                    else [row.round(6).tolist() for row in learner.task_il_rows],
                 },
             )
             kept.append(f"this run's finished tasks in {partial}")

@@ -32,7 +32,7 @@ from forgetless.models.heads import IncrementalHead
 from forgetless.strategies.base import Batch, Strategy, TrainingContext, TrainingSet
 from forgetless.training import checkpoint as ckpt
 from forgetless.training.augment import crop_flip, default_padding
-from forgetless.training.evaluation import task_accuracies
+from forgetless.training.evaluation import accuracy_rows
 from forgetless.training.nonfinite import NonFiniteWatch
 from forgetless.training.optim import build_optimizer, build_scheduler
 from forgetless.training.precision import Precision
@@ -115,6 +115,10 @@ class Learner:
                 self.ctx.model = replacement.to(self.device)
         self.hooks = {h: [s for s in strategies if type(s).overrides(h)] for h in _HOOKS}
         self.rows: list[np.ndarray] = []
+        self.task_labels = scenario.task_labels()
+        """Class-IL: each task's labels, for the task-IL rows; ``None`` otherwise."""
+        self.task_il_rows: list[np.ndarray] | None = None if self.task_labels is None else []
+        """Class-IL: the task-IL accuracy rows so far, from the same forward passes as ``rows``."""
         self.result = RunResult(self.name, seed, np.zeros((0, 0)), np.zeros(0))
         self.on_checkpoint: OnCheckpoint | None = None
         """Set by the experiment: called with the state after every task and every
@@ -143,6 +147,10 @@ class Learner:
 
         ``tasks`` restricts it to some tasks (the safety brake's checks, via ``ctx.accuracies``).
         """
+        return self._evaluate(tasks)[0]
+
+    def _evaluate(self, tasks: list[int] | None = None, task_il: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`evaluate`, and with ``task_il`` the task-IL row of a class-IL run (else ``None``)."""
         predict = None
         if self.hooks["predict"]:
             strategy = self.hooks["predict"][0]
@@ -151,13 +159,14 @@ class Learner:
                 out = strategy.predict(self.ctx, x, task_index)
                 return out if out is not None else self.model(x, self.ctx.task_id(task_index))
 
-        return task_accuracies(
+        return accuracy_rows(
             self.model,
             self.scenario,
             self.config.eval_batch_size,
             predict,
             tasks=tasks,
             precision=self.config.eval_precision,
+            task_labels=self.task_labels if task_il and self.task_il_rows is not None else None,
         )
 
     # -- training ------------------------------------------------------------------------
@@ -244,7 +253,10 @@ class Learner:
         self.result.steps.append(ctx.step)
 
         started = time.perf_counter()
-        self.rows.append(self.evaluate())
+        row, task_il_row = self._evaluate(task_il=True)
+        self.rows.append(row)
+        if self.task_il_rows is not None and task_il_row is not None:
+            self.task_il_rows.append(task_il_row)
         self.result.eval_seconds += time.perf_counter() - started
         self._finish_matrix()
         if self.on_checkpoint is not None:
@@ -325,6 +337,9 @@ class Learner:
             "result": {
                 "baseline": torch.from_numpy(np.asarray(result.baseline, dtype=np.float64)),
                 "rows": [torch.from_numpy(np.asarray(r, dtype=np.float64)) for r in self.rows],
+                "task_il_rows": None
+                if self.task_il_rows is None
+                else [torch.from_numpy(np.asarray(r, dtype=np.float64)) for r in self.task_il_rows],
                 "train_seconds": list(result.train_seconds),
                 "eval_seconds": result.eval_seconds,
                 "steps": list(result.steps),
@@ -369,6 +384,11 @@ class Learner:
             self._set_active_outputs(self._active)
         self.result.baseline = result["baseline"].numpy()
         self.rows = [row.numpy() for row in result["rows"]]
+        task_il_rows = result.get("task_il_rows")
+        if self.task_labels is None or (task_il_rows is None and self.rows):
+            self.task_il_rows = None  # not class-IL, or a checkpoint from before task-IL rows
+        else:
+            self.task_il_rows = [row.numpy() for row in task_il_rows or []]
         self.result.train_seconds = list(result["train_seconds"])
         self.result.eval_seconds = float(result["eval_seconds"])
         self.result.steps = list(result["steps"])
@@ -408,6 +428,7 @@ class Learner:
 
     def _finish_matrix(self) -> None:
         self.result.matrix = np.stack(self.rows)
+        self.result.task_il_matrix = np.stack(self.task_il_rows) if self.task_il_rows else None
         report: dict[str, Any] = {}
         for strategy in self.strategies:
             extra = strategy.report()
