@@ -407,7 +407,10 @@ def test_from_torch_dataset() -> None:
 
 
 def test_registry_and_unknown_name() -> None:
-    assert set(DATA_SOURCES) == {"digits", "mnist", "fashion-mnist", "cifar10", "cifar100"}
+    assert set(DATA_SOURCES) == {
+        "digits", "mnist", "fashion-mnist", "cifar10", "cifar100",
+        "image-folder", "tiny-imagenet", "core50", "core50-category",
+    }  # fmt: skip
     assert load_dataset("digits").train_x.shape[1:] == (1, 8, 8)
     with pytest.raises(ConfigError, match="did you mean 'fashion-mnist'"):
         load_dataset("fashion_mnist")

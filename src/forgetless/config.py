@@ -67,6 +67,9 @@ class RunConfig(BaseModel):
     threads: int | None = Field(None, ge=1, le=1024)
     data_dir: Path | None = None
     download: bool = True
+    image_size: int | None = Field(None, ge=1, le=4096)
+    """Resize the images of data sets read from image files (image folders, Tiny-ImageNet,
+    CORe50) to ``image_size x image_size``; unset keeps their own size."""
     validation: float = Field(0.0, ge=0.0, lt=1.0)
     """Fraction of each task's training data held out and evaluated instead of the test set."""
     out: Path | None = None

@@ -17,7 +17,7 @@ class Benchmark:
 
     name: str
     dataset: str
-    builder: Literal["split", "permuted", "rotated"] = "split"
+    builder: Literal["split", "permuted", "rotated", "domains"] = "split"
     n_tasks: int = 5
     scenario: ScenarioKind = "class"
     model: str = "mlp"
@@ -117,6 +117,72 @@ BENCHMARKS: dict[str, Benchmark] = {
             1,
             "CIFAR-100 (binary distribution): 10 tasks of 10 classes",
         ),
+        Benchmark(
+            "split-image-folder",
+            "image-folder",
+            "split",
+            5,
+            "class",
+            "cnn",
+            (32, 64),
+            1,
+            "your images: --data-dir ROOT with ROOT/<class>/*.png|jpg (or ROOT/train, ROOT/test); 5 tasks",
+        ),
+        Benchmark(
+            "split-tiny-imagenet",
+            "tiny-imagenet",
+            "split",
+            10,
+            "class",
+            "reduced-resnet18",
+            (20,),
+            1,
+            "Tiny-ImageNet (Le & Yang 2015), 64x64: 10 tasks of 20 classes",
+        ),
+        Benchmark(
+            "core50-ni",
+            "core50",
+            "domains",
+            8,
+            "domain",
+            "reduced-resnet18",
+            (20,),
+            1,
+            "CORe50 new instances (Lomonaco & Maltoni 2017): 8 training sessions of the 50 objects",
+        ),
+        Benchmark(
+            "core50-nc",
+            "core50",
+            "split",
+            10,
+            "class",
+            "reduced-resnet18",
+            (20,),
+            1,
+            "CORe50 new classes: 10 tasks of 5 objects (sessions s3, s7, s10 test)",
+        ),
+        Benchmark(
+            "core50-ni-category",
+            "core50-category",
+            "domains",
+            8,
+            "domain",
+            "reduced-resnet18",
+            (20,),
+            1,
+            "CORe50 new instances by category: 8 training sessions, 10 categories",
+        ),
+        Benchmark(
+            "core50-nc-category",
+            "core50-category",
+            "split",
+            5,
+            "class",
+            "reduced-resnet18",
+            (20,),
+            1,
+            "CORe50 new classes by category: 5 tasks of 2 categories",
+        ),
     ]
 }
 
@@ -135,12 +201,15 @@ def build_scenario(
     class_order_seed: int | None = None,
     data_dir: Path | None = None,
     download: bool = True,
+    image_size: int | None = None,
 ) -> Scenario:
     """Load the data of benchmark ``name`` and cut it into a scenario of ``kind``.
 
     ``seed`` fixes the permutations of permuted benchmarks; ``class_order_seed`` shuffles the
-    class order of split benchmarks (``None``: classes in their natural order).
+    class order of split benchmarks (``None``: classes in their natural order); ``image_size``
+    resizes the images of benchmarks read from image files.
     """
+    from forgetless.data.images import check_copy_fits
     from forgetless.data.sources import load_dataset
 
     bench = get_benchmark(name)
@@ -150,13 +219,26 @@ def build_scenario(
     n_tasks = bench.n_tasks if n_tasks is None else n_tasks
     if n_tasks < 1:
         raise ConfigError(f"--tasks must be at least 1, got {n_tasks}")
-    data = load_dataset(bench.dataset, data_dir=data_dir, download=download)
+    data = load_dataset(bench.dataset, data_dir=data_dir, download=download, image_size=image_size)
     if bench.builder == "split":
+        if class_order_seed is not None:
+            check_copy_fits(data, "a shuffled class order", "leave class_order_seed unset")
+        elif not (_sorted(data.train_y) and _sorted(data.test_y)):
+            check_copy_fits(data, f"{name}'s split (its images are not stored class by class)")
         order = scenarios.class_order(data.num_classes, class_order_seed)
         scenario = scenarios.split(data, n_tasks, kind, order)
+    elif bench.builder == "domains":
+        scenario = scenarios.by_domain(data, n_tasks, kind)
     elif bench.builder == "permuted":
+        check_copy_fits(data, "a permuted stream")
         scenario = scenarios.permuted(data, n_tasks, kind, seed=seed)
     else:
+        check_copy_fits(data, "a rotated stream")
         scenario = scenarios.rotated(data, n_tasks, kind)
     scenario.name = name
     return scenario
+
+
+def _sorted(labels) -> bool:
+    """Whether labels never decrease (each class one run of rows: a split slices views)."""
+    return bool((labels[1:] >= labels[:-1]).all()) if len(labels) > 1 else True

@@ -26,6 +26,10 @@ class ImageDataset:
     class_names: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     """Where the data were read from: the files (absolute paths) or the package that ships them."""
+    train_domains: torch.Tensor | None = None
+    """The acquisition domain of each training image (``int64 [N]``, an index into
+    ``domain_names``; CORe50's session), for streams with one task per domain."""
+    domain_names: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -16,6 +16,9 @@ TensorFlow Datasets (``tensorflow_datasets/url_checksums/{mnist,fashion_mnist,ci
 cifar100}.txt``) for the very files served by the URLs below; they agree with the MD5 sums
 torchvision publishes for the same files. Files found locally are not hashed (Debian, for one,
 recompresses Fashion-MNIST, so its bytes differ): the parsers check their structure instead.
+Tiny-ImageNet and CORe50 publish no SHA-256, only the MD5 sums that every loader of them checks
+(``90528d7c...`` for ``tiny-imagenet-200.zip``, ``745f3373...`` for ``core50_128x128.zip``, as
+in Avalanche and the torchvision-style loaders): those entries read ``md5:<hex>``.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ _FASHION = dict(zip(_IDX_NAMES, (
     "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
 ), strict=True))  # fmt: skip
 
-#: name -> (base URLs tried in order, {file name: SHA-256}).
+#: name -> (base URLs tried in order, {file name: SHA-256, or ``md5:<hex>`` where only an MD5 is published}).
 REMOTE_FILES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "mnist": (
         (
@@ -88,6 +91,14 @@ REMOTE_FILES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
         {
             "cifar-100-binary.tar.gz": ("58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec"),
         },
+    ),
+    "tiny-imagenet": (
+        ("http://cs231n.stanford.edu/",),
+        {"tiny-imagenet-200.zip": "md5:90528d7ca1a48142e341f4ef8d21d0de"},
+    ),
+    "core50": (
+        ("http://bias.csr.unibo.it/maltoni/download/core50/",),
+        {"core50_128x128.zip": "md5:745f3373fed08d69343f1058ee559e13"},
     ),
 }
 
@@ -205,9 +216,9 @@ def download_url(url: str, dest: Path, timeout: float = 60.0) -> None:
         shutil.copyfileobj(response, out, length=1 << 20)
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+def sha256_of(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (SHA-256 unless told otherwise), read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -244,16 +255,19 @@ def download_dataset(name: str, filenames: Sequence[str] | None = None) -> Path:
 
 
 def _fetch_verified(url: str, target: Path, sha256: str) -> None:
-    """Download ``url`` to a temporary file beside ``target``, verify it, rename it atomically."""
+    """Download ``url`` to a temporary file beside ``target``, verify it against ``sha256`` (or
+    ``md5:<hex>``), rename it atomically."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         log.info("downloading %s to %s", url, target)
         download_url(url, tmp)
-        actual = sha256_of(tmp)
-        if actual != sha256:
-            raise DataError(f"SHA-256 mismatch (got {actual[:16]}..., expected {sha256[:16]}...)")
+        algorithm, expected = sha256.split(":", 1) if ":" in sha256 else ("sha256", sha256)
+        actual = sha256_of(tmp, algorithm)
+        if actual != expected:
+            label = "SHA-256" if algorithm == "sha256" else algorithm.upper()
+            raise DataError(f"{label} mismatch (got {actual[:16]}..., expected {expected[:16]}...)")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
