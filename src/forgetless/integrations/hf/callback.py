@@ -12,9 +12,13 @@ and every ``report_to`` integration) at its step as ``keep/<capability>`` (the m
 ``forget/<capability>`` (its drop from step 0: relative for perplexity, absolute for
 accuracies), ``forget/worst`` (the largest drop) and ``task/<task>`` (the new task's metric,
 when the tracker has one); a stop logs ``forget/stopped_at_step`` and ``forget/restored_step``.
-A :class:`~forgetless.integrations.hf.trainer.ForgettingTrainerMixin` trainer attaches its
-callbacks itself; with a plain ``Trainer`` call ``callback.attach(trainer)``, else the entries
-reach ``log_history`` only (no integration sees them). Each ``Trainer.evaluate()`` also carries
+A :class:`~forgetless.integrations.hf.trainer.ForgettingTrainerMixin` trainer
+(``ForgetlessTrainer``, ``ForgetlessSFTTrainer``) attaches its callbacks itself; with a plain
+``Trainer`` or TRL ``SFTTrainer`` call ``callback.attach(trainer)`` (a callback is handed the
+model, optimizer and loaders, never the trainer), else the entries reach ``log_history`` only
+(no integration sees them). The entries go through ``Trainer.log`` itself, not a subclass's
+``log`` (TRL's would fold its averaged training metrics into them), and leave the step's own
+training-loss log in place. Each ``Trainer.evaluate()`` also carries
 ``eval_keep_<capability>``, ``eval_forget_<capability>``, ``eval_forget_worst`` (and
 ``eval_task_<task>``), measured at that step, so that ``metric_for_best_model`` and
 ``EarlyStoppingCallback`` can use them (with a plain ``Trainer``: list this callback before
@@ -43,7 +47,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from forgetless.errors import ConfigError
 from forgetless.integrations.hf.tracker import CapabilityTracker
@@ -119,7 +123,14 @@ class ForgettingCallback(TrainerCallback):
     def _log(self, state: TrainerState, logs: dict[str, float]) -> None:
         trainer = self._trainer() if self._trainer is not None else None
         if trainer is not None:
-            trainer.log(dict(logs))
+            # Trainer.log itself: a subclass's log (TRL's) would merge and reset its averaged training
+            # metrics into this entry; and on_log clears should_log, which would drop this step's loss log
+            if isinstance(trainer, Trainer):
+                should_log = trainer.control.should_log
+                Trainer.log(trainer, dict(logs))
+                trainer.control.should_log = should_log
+            else:
+                trainer.log(dict(logs))
             return
         state.log_history.append({**logs, "step": state.global_step})
         if not self._warned:

@@ -76,6 +76,8 @@ class FinetuneConfig(BaseModel):
     """Alias: ``--replay-ratio R`` = ``--strategies replay --set replay.ratio=R``."""
     stop_if_drop: float | None = Field(None, ge=0)
     eval_every: int = Field(20, ge=1)
+    checkpoint_every: int | None = Field(None, ge=0)
+    """Steps between checkpoints of a run with a folder (``None``: every ``eval_every``; 0: none)."""
     eval_size: int = Field(256, ge=4)
     choice_size: int | None = Field(None, ge=4, description="items per choice: capability (default: eval_size)")
     train_size: int | None = Field(None, ge=1)
@@ -219,6 +221,19 @@ class _StepCallback:
         return StepCallback()
 
 
+RESUME_MAY_CHANGE = ("checkpoint_every",)
+"""Config fields a resumed fine-tune may change: they do not change the results."""
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``["lr: 0.001 in the run, 0.1 now", ...]`` over the fields that change results."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if key not in RESUME_MAY_CHANGE and saved.get(key) != current.get(key):
+            out.append(f"{key!s:.40}: {saved.get(key)!r:.80} in the run, {current.get(key)!r:.80} now")
+    return out
+
+
 def check_out(out: Path, save_model: bool = False, force: bool = False) -> None:
     """Check the report folder before any training: a file there, an unwritable folder, a
     path too long, or (without ``force``) a folder that already holds a report is a one-line
@@ -238,13 +253,21 @@ def run_finetune(
     listeners: list[Listener] | None = None,
     on_step: StepListener | None = None,
     force: bool = False,
+    checkpoints: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune per ``cfg``; returns the forgetting summary (and writes the report to ``out``,
-    which must not hold a report already unless ``force``)."""
+    which must not hold a report already unless ``force``).
+
+    ``checkpoints`` (default: ``out``) receives ``checkpoint/`` every ``cfg.checkpoint_every``
+    steps (:mod:`.resume`); ``resume=True`` continues from it (its config must be ``cfg``) to
+    the report of an uninterrupted run. A report written to ``out`` removes the checkpoint there.
+    """
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils import logging as hf_logging
 
+    from forgetless.integrations.hf import resume as resuming
     from forgetless.integrations.hf.callback import ForgettingCallback
     from forgetless.integrations.hf.mixing import (
         MixedDataset,
@@ -259,8 +282,27 @@ def run_finetune(
     from forgetless.integrations.hf.tracker import CapabilityTracker
     from forgetless.integrations.hf.trainer import ForgetlessTrainer
 
+    checkpoints = Path(checkpoints) if checkpoints is not None else (Path(out) if out is not None else None)
+    saved = None
+    if resume:
+        if checkpoints is None:
+            raise ConfigError("resume=True needs the run folder: give out= or checkpoints=")
+        saved = resuming.load_saved(checkpoints)
+        differences = _differences(saved.config, cfg.model_dump(mode="json"))
+        if differences:
+            raise ConfigError(
+                f"cannot resume {checkpoints} with other settings ({'; '.join(differences)}): "
+                "resume with the saved config (forgetless finetune --resume reads it), or start a new run"
+            )
     if out is not None:
-        check_out(out, force=force)
+        if resume:
+            from forgetless.io import prepare_run_dir
+
+            prepare_run_dir(out, force=True)  # holds the checkpoint: check it is still writable
+        else:
+            check_out(out, force=force)
+    if checkpoints is not None and not resume:
+        resuming.remove(checkpoints)  # a new run never resumes from an older run's checkpoint
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
     set_seed(cfg.seed)
@@ -314,6 +356,13 @@ def run_finetune(
         len(task_set), len(general_set), cfg.batch_size, replay_ratio, num_batches=cfg.steps, seed=cfg.seed
     )
 
+    every = cfg.eval_every if cfg.checkpoint_every is None else cfg.checkpoint_every
+    keeping = checkpoints is not None and (every > 0 or saved is not None)
+    if keeping:  # the pretrained weights and the rows, before any training
+        prints = resuming.fingerprints(model, rows, general if general is not None else {})
+        if saved is not None:
+            resuming.check_matches(saved, prints, [s.name for s in strategies.strategies], sampler)
+
     optimizer = None
     if cfg.layerwise_lr_decay < 1:
         optimizer = layerwise_adamw(model, cfg.lr, cfg.layerwise_lr_decay, cfg.weight_decay)
@@ -339,6 +388,14 @@ def run_finetune(
         )
         guard = ForgettingCallback(tracker, cfg.stop_if_drop, listeners=listeners)
         callbacks: list[Any] = [guard]
+        if keeping:  # after the guard (it saves the guard's record of the step), before unfreezing
+            assert checkpoints is not None
+            config = cfg.model_dump(mode="json")
+            keeper = resuming.FinetuneCheckpoints(checkpoints, every, config, guard, strategies, sampler, prints, saved)
+            callbacks.append(keeper)
+            if saved is not None:
+                guard.load(saved.folder)
+                keeper.restore_before_training()
         if cfg.unfreeze_every:
             callbacks.append(GradualUnfreezing(cfg.unfreeze_every))
         if on_step is not None:
@@ -384,6 +441,8 @@ def run_finetune(
     )
     if out is not None:
         write_report({summary["run"]: summary}, Path(out))
+        if checkpoints is not None and checkpoints.resolve() == Path(out).resolve():
+            resuming.remove(checkpoints)
     summary["_model"] = model
     summary["_tokenizer"] = tokenizer
     return summary

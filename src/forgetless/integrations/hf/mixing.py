@@ -60,8 +60,13 @@ class MixingBatchSampler(Sampler[list[int]]):
     """Batches of ``batch_size`` indices, exactly ``round(ratio * batch_size)`` of them general.
 
     ``num_batches`` defaults to one pass over the task rows. Resumable: ``state_dict`` holds
-    the generator state, both permutations and positions.
+    the generator state, both permutations and positions, and ``drawn`` (batches drawn so far).
+    A loader draws ahead of training (accelerate's loader prefetches one batch), so the state
+    at the batch training has reached is :meth:`state_at` of that batch, not ``state_dict()``.
     """
+
+    MARKS = 64
+    """How many of the latest batches :meth:`state_at` can go back to."""
 
     def __init__(
         self, n_task: int, n_general: int, batch_size: int, ratio: float, num_batches: int | None = None, seed: int = 0
@@ -92,6 +97,8 @@ class MixingBatchSampler(Sampler[list[int]]):
             "general": torch.randperm(max(n_general, 1), generator=self.generator),
         }
         self._position = {"task": 0, "general": 0}
+        self.drawn = 0
+        self._marks: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
         return self.num_batches
@@ -111,17 +118,36 @@ class MixingBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.num_batches):
+            self._marks[self.drawn] = self.state_dict()  # cheap: permutations are replaced, not mutated
+            self._marks.pop(self.drawn - self.MARKS, None)
             task = self._draw("task", self.n_task_per_batch)
             general = [self.n_task + i for i in self._draw("general", self.n_general_per_batch)]
+            self.drawn += 1
             yield task + general
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "order": dict(self._order), "position": dict(self._position)}
+        return {
+            "generator": self.generator.get_state(),
+            "order": dict(self._order),
+            "position": dict(self._position),
+            "drawn": self.drawn,
+        }
+
+    def state_at(self, drawn: int) -> dict[str, Any]:
+        """The state just before batch ``drawn`` (0-based) was drawn: resuming from it yields that
+        batch next. ``drawn`` may be up to :attr:`MARKS` batches behind the latest one."""
+        if drawn == self.drawn:
+            return self.state_dict()
+        if drawn not in self._marks:
+            raise ValueError(f"batch {drawn} is not among the last {self.MARKS} drawn ({self.drawn} so far)")
+        return self._marks[drawn]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
         self._order = dict(state["order"])
         self._position = dict(state["position"])
+        self.drawn = int(state.get("drawn", 0))
+        self._marks = {}
 
 
 def _stack(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -108,6 +108,15 @@ class ForgettingTrainerMixin:
         )
         return self.accelerator.prepare(loader)
 
+    def _loss_scaled_for_accumulation(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
+        """The Trainer's own rule (``training_step``): whether the loss it gets back is already
+        divided for gradient accumulation, so that it will not divide it (nor the penalty)."""
+        explicit = getattr(self, "loss_is_scaled_for_ga", None)
+        if explicit is not None:
+            return bool(explicit)
+        by_items = getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None
+        return bool(by_items or getattr(self, "compute_loss_func", None) is not None)
+
     def compute_loss(
         self,
         model: nn.Module,
@@ -127,7 +136,7 @@ class ForgettingTrainerMixin:
             scaled = False
         else:
             loss, outputs = parent(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-            scaled = getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None
+            scaled = self._loss_scaled_for_accumulation(num_items_in_batch)
         target = self.model  # unwrapped: names match the anchors under DDP too
         terms = [p.penalty(target) for p in self.penalties]
         if self.strategies is not None:
