@@ -564,3 +564,18 @@ def test_the_penalty_follows_the_trainers_own_accumulation_rule(explicit, accept
         loss_is_scaled_for_ga=explicit, model_accepts_loss_kwargs=accepts, compute_loss_func=loss_func
     )
     assert ForgettingTrainerMixin._loss_scaled_for_accumulation(trainer, items) is scaled
+
+
+def test_bf16_finetune_on_cpu_tracks_fp32_and_fp16_is_refused_there(tiny_lm_dir: Path) -> None:
+    from forgetless.errors import ConfigError
+
+    full = run_finetune(small_run(tiny_lm_dir, device="cpu"))
+    half = run_finetune(small_run(tiny_lm_dir, device="cpu", precision="bf16"))
+    before = next(iter(full["capabilities"].values()))["before"]
+    half_before = next(iter(half["capabilities"].values()))["before"]
+    assert half_before != before and abs(half_before / before - 1) < 0.01  # accelerate autocasts every forward
+    after_full, after_half = full["task"]["after"], half["task"]["after"]
+    assert after_half != after_full and abs(after_half / after_full - 1) < 0.1
+    assert all(p.dtype == torch.float32 for p in half["_model"].parameters())
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        run_finetune(small_run(tiny_lm_dir, device="cpu", precision="fp16"))

@@ -152,6 +152,7 @@ def finetune(
         help="stop and restore the best weights when a capability drops more than this",
     ),
     eval_every: int = typer.Option(20, help="steps between capability evaluations"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 needs a GPU)"),
     checkpoint_every: Optional[int] = typer.Option(
         None, help="steps between checkpoints in OUT/checkpoint (default: --eval-every; 0 = none)"
     ),
@@ -234,6 +235,7 @@ def finetune(
             stop_if_drop=stop_if_drop,
             eval_every=eval_every,
             checkpoint_every=checkpoint_every,
+            precision=precision,
             eval_size=eval_size,
             choice_size=choice_size,
             train_size=train_size,

@@ -23,7 +23,7 @@ import numpy as np
 
 from forgetless.data.dataset import ImageDataset
 from forgetless.data.files import candidate_folders, find_dataset_files
-from forgetless.data.images import ImageTable, SourceTree, is_image_name, load_table
+from forgetless.data.images import ImageTable, SourceTree, is_image_name, load_tree
 from forgetless.errors import DataError
 
 NAME = "core50"
@@ -108,16 +108,7 @@ def load_core50(
     3x128x128 (or ``image_size``), 50 classes; decoded once from the folder or the zip."""
     tree = locate(data_dir, download)
     table, rels = core50_table(tree)
-    stamps = tree.stamps(rels)
-    return load_table(
-        NAME,
-        table,
-        key_parts=stamps,
-        origin=tree.where(),
-        sources=tree.sources(stamps, len(rels)),
-        image_size=image_size,
-        channels=3,
-    )
+    return load_tree(NAME, tree, table, rels, image_size)
 
 
 def load_core50_category(

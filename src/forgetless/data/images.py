@@ -416,6 +416,23 @@ def load_table(
         reader.close()
 
 
+def load_tree(
+    name: str, tree: SourceTree, table: ImageTable, rels: Sequence[str], image_size: int | None, channels: int = 3
+) -> ImageDataset:
+    """:func:`load_table` for a table read from ``tree`` (a folder or a zip archive): the store
+    is keyed by the stamps of the files ``rels`` and records where they came from."""
+    stamps = tree.stamps(rels)
+    return load_table(
+        name,
+        table,
+        key_parts=stamps,
+        origin=tree.where(),
+        sources=tree.sources(stamps, len(rels)),
+        image_size=image_size,
+        channels=channels,
+    )
+
+
 def _write_store(
     name: str,
     folder: Path,

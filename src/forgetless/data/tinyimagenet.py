@@ -22,7 +22,7 @@ import numpy as np
 
 from forgetless.data.dataset import ImageDataset
 from forgetless.data.files import find_dataset_files
-from forgetless.data.images import ImageTable, SourceTree, is_image_name, load_table
+from forgetless.data.images import ImageTable, SourceTree, is_image_name, load_tree
 from forgetless.errors import DataError
 
 NAME = "tiny-imagenet"
@@ -124,13 +124,4 @@ def load_tiny_imagenet(
     else:
         tree = SourceTree.zip((folder / ARCHIVE).resolve(), _zip_prefix, "wnids.txt")
     table, rels = tiny_imagenet_table(tree)
-    stamps = tree.stamps(rels)
-    return load_table(
-        NAME,
-        table,
-        key_parts=stamps,
-        origin=tree.where(),
-        sources=tree.sources(stamps, len(rels)),
-        image_size=image_size,
-        channels=3,
-    )
+    return load_tree(NAME, tree, table, rels, image_size)

@@ -77,6 +77,10 @@ class FinetuneConfig(BaseModel):
     stop_if_drop: float | None = Field(None, ge=0)
     eval_every: int = Field(20, ge=1)
     checkpoint_every: int | None = Field(None, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training under autocast (the Trainer's ``bf16``/``fp16``; weights and optimizer stay
+    float32). accelerate autocasts the model's every forward, so the capabilities are measured
+    at that precision too, before and after alike. ``fp16`` needs a GPU."""
     """Steps between checkpoints of a run with a folder (``None``: every ``eval_every``; 0: none)."""
     eval_size: int = Field(256, ge=4)
     choice_size: int | None = Field(None, ge=4, description="items per choice: capability (default: eval_size)")
@@ -318,10 +322,12 @@ def run_finetune(
     objective = cfg.objective if cfg.objective != "auto" else ("classify" if data.labelled else "lm")
     if objective == "classify" and not data.labelled:
         raise ConfigError(f"{cfg.task_name()}: classification needs labels")
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.precision == "fp16" and device.type == "cpu":
+        raise ConfigError("--precision fp16 needs a GPU (loss scaling is CUDA's): use --precision bf16 on a CPU")
     model, tokenizer, new_params = load_model(
         cfg.model, objective, len(data.label_names) if objective == "classify" else None, cfg.seq_len
     )
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     rows, task_metric = task_rows(data, tokenizer, cfg, objective)
     row_width = int(rows["input_ids"].shape[1])  # seq_len, or the longest instruction row
@@ -385,6 +391,8 @@ def run_finetune(
             data_seed=cfg.seed,
             use_cpu=device.type == "cpu",
             dataloader_num_workers=0,
+            bf16=cfg.precision == "bf16",
+            fp16=cfg.precision == "fp16",
         )
         guard = ForgettingCallback(tracker, cfg.stop_if_drop, listeners=listeners)
         callbacks: list[Any] = [guard]
