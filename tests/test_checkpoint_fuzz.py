@@ -161,3 +161,51 @@ def test_a_line_break_inside_a_message_stays_on_its_line(
         assert code == 2 and "another config" in one_error_line(err)
     finally:
         shutil.rmtree(run.parent, ignore_errors=True)
+
+
+def _set_all(tree: Any, key: str, value: Any) -> int:
+    """Set every ``key`` inside ``tree`` (nested dicts and lists) to ``value``; how many."""
+    if isinstance(tree, list):
+        return sum(_set_all(item, key, value) for item in tree)
+    if not isinstance(tree, dict):
+        return 0
+    count = 0
+    for name in tree:
+        if name == key:
+            tree[name] = value
+            count += 1
+        else:
+            count += _set_all(tree[name], key, value)
+    return count
+
+
+@pytest.mark.parametrize(
+    ("part", "key", "value", "says"),
+    [
+        ("strategies", "weight", "1", "weight '1'"),
+        ("strategies", "weight", -1e6, "weight -1000000.0"),
+        ("learner", "active", 999, "loop.active is 999"),
+        ("learner", "active", 0, "loop.active is 0"),
+    ],
+)
+def test_edits_the_hostile_probe_found_accepted_are_refused(
+    original: tuple[Path, dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+    part: str,
+    key: str,
+    value: Any,
+    says: str,
+) -> None:
+    """Found by a rerun of the hostile probe: a text or negative penalty weight (an internal
+    error, or a silently reversed penalty) and an edited count of active class-IL outputs."""
+    run = _copy(original[0])
+    try:
+        folder = run / ckpt.CHECKPOINT
+        document = json.loads((folder / f"{part}.json").read_text())
+        assert _set_all(document["data"], key, value) > 0
+        (folder / f"{part}.json").write_text(json.dumps(document))
+        ckpt.write_manifest(folder)
+        code, err = _cli(["run", "--resume", str(run)], capsys)
+        assert code == 2 and says in one_error_line(err)
+    finally:
+        shutil.rmtree(run.parent, ignore_errors=True)

@@ -390,8 +390,11 @@ def test_core50_from_the_zip_and_a_missing_object(tmp_path: Path, core50_root: P
         load_core50(tmp_path / "partial", download=False)
     assert "\n" not in str(info.value) and str(broken.resolve() / "s7" / "o42") in str(info.value)
     assert "is missing" in str(info.value)
+    (tmp_path / "nothing-here").mkdir()
     with pytest.raises(DataError, match="core50 data set not found.*core50_128x128.zip.*downloading is turned off"):
         load_core50(tmp_path / "nothing-here", download=False)
+    with pytest.raises(DataError, match="--data-dir .*nothing-there is not a folder"):
+        load_core50(tmp_path / "nothing-there", download=False)
 
 
 # --- larger than memory -------------------------------------------------------------------

@@ -264,6 +264,9 @@ def test_lookup_order(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         (places[key] / "f.bin").unlink()
     with pytest.raises(DataError, match="not found"):
         files.find_dataset_files("mnist", ["f.bin"], tmp / "explicit", download=False)
+    (places["system"] / "f.bin").write_bytes(b"")
+    with pytest.raises(DataError, match="--data-dir .*typo|is not a folder"):  # a typo never falls back
+        files.find_dataset_files("mnist", ["f.bin"], tmp / "explicit-typo", download=False)
 
 
 def test_a_folder_needs_every_file(isolated: Path) -> None:
@@ -291,6 +294,7 @@ def test_offline_gives_one_line_error_listing_folders(isolated: Path, monkeypatc
 
     monkeypatch.setattr(files, "download_url", offline)
     monkeypatch.setenv("FORGETLESS_DATA", str(isolated / "env"))
+    (isolated / "mine").mkdir()  # an empty --data-dir: looked in, then the download is tried
     with pytest.raises(DataError) as info:
         load_fashion_mnist(data_dir=isolated / "mine", download=True)
     message = str(info.value)

@@ -579,3 +579,19 @@ def test_bf16_finetune_on_cpu_tracks_fp32_and_fp16_is_refused_there(tiny_lm_dir:
     assert all(p.dtype == torch.float32 for p in half["_model"].parameters())
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         run_finetune(small_run(tiny_lm_dir, device="cpu", precision="fp16"))
+
+
+def test_a_diverging_finetune_stops_in_one_line_and_keeps_the_report_in_out(
+    tiny_lm_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli_helpers import one_error_line, run_cli
+
+    argv = ["finetune", "--model", str(tiny_lm_dir), "--task", str(tiny_lm_dir.parent / "code.txt")]
+    argv += ["--keep", f"perplexity:{tiny_lm_dir.parent / 'prose.txt'}", "--steps", "4", "--batch-size", "2"]
+    argv += ["--seq-len", "32", "--eval-every", "2", "--eval-size", "4", "--train-size", "8", "--quiet"]
+    argv += ["--out", str(tmp_path)]
+    assert run_cli(argv, capsys)[0] == 0
+    good = (tmp_path / "forgetting.json").read_bytes()
+    code, _, err = run_cli([*argv, "--lr", "1e30", "--force"], capsys)
+    assert code == 2 and "diverged" in one_error_line(err)
+    assert (tmp_path / "forgetting.json").read_bytes() == good

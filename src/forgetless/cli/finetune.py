@@ -188,6 +188,10 @@ def finetune(
     if resume is not None:
         _refuse_options_with_resume(ctx, resume, out)
         cfg = _saved_config(resume)
+        if not threads and cfg.threads:  # the same float sums as before the kill
+            import torch
+
+            torch.set_num_threads(cfg.threads)
         _finetune(cfg, resume, save_model, quiet, resume=True)
         return
     for name, value in (("model", model), ("task", task), ("out", out)):
@@ -236,6 +240,7 @@ def finetune(
             eval_every=eval_every,
             checkpoint_every=checkpoint_every,
             precision=precision,
+            threads=threads or None,
             eval_size=eval_size,
             choice_size=choice_size,
             train_size=train_size,

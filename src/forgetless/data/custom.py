@@ -59,8 +59,11 @@ def _labels(y: Any, what: str, n: int, images: str) -> torch.Tensor:
         raise DataError(f"{what} has dtype {t.dtype}: labels must be integer class indices (convert them with .long())")
     if len(t) != n:
         raise DataError(f"{what} holds {len(t)} labels but {images} holds {n} images")
-    if n and int(t.min()) < 0:
-        raise DataError(f"{what} holds label {int(t.min())}: labels must be 0 or more")
+    low = int(t.numpy().min()) if n else 0  # numpy: torch has no min for uint32/uint64
+    if low < 0:
+        raise DataError(f"{what} holds label {low}: labels must be 0 or more")
+    if n and int(t.numpy().max()) >= 2**62:
+        raise DataError(f"{what} holds label {int(t.numpy().max())}: labels are class indices 0, 1, 2, ...")
     return t.to(torch.int64).contiguous()
 
 

@@ -155,6 +155,8 @@ def find_dataset_files(
         for folder in group:
             if folder not in chosen:
                 _refuse_partial(name, folder, sets, option, bool(alternatives))
+        if option == "--data-dir":
+            _refuse_missing(name, Path(root), sets)
         chosen += group
     for folder in folders:
         if folder not in chosen and _complete(folder, sets):
@@ -177,6 +179,17 @@ def find_dataset_files(
         f"{', '.join(str(f) for f in folders)}, or pass --data-dir / set FORGETLESS_DATA"
         f"{hint}{reason}"
     )
+
+
+def _refuse_missing(name: str, root: Path, sets: list[list[str]]) -> None:
+    """``--data-dir`` that is not a folder is a typo, not a reason to read another copy
+    silently (an existing folder without the files is skipped: the documented lookup order,
+    and ``config.yaml`` says where each file came from)."""
+    if not root.is_dir():
+        raise DataError(
+            f"--data-dir {root} is not a folder: give the folder holding the {name} files "
+            f"({', '.join(sets[0])}), or drop --data-dir to use the installed or cached copy"
+        )
 
 
 def _is_file(path: Path) -> bool:

@@ -450,11 +450,13 @@ def _check_labels(y: torch.Tensor, task: int, name: str) -> None:
         raise DataError(
             f"task {task} {name} has dtype {y.dtype}: labels must be integer class indices (convert them with .long())"
         )
-    if int(y.min()) < 0:
-        raise DataError(f"task {task} {name} holds label {int(y.min())}: labels must be 0 or more")
-    if int(y.max()) >= MAX_LABEL:
+    values = y.cpu().numpy()  # numpy: torch has no min/max for uint32/uint64
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if low < 0:
+        raise DataError(f"task {task} {name} holds label {low}: labels must be 0 or more")
+    if high >= MAX_LABEL:
         raise DataError(
-            f"task {task} {name} holds label {int(y.max())}: labels are class indices (one output each), "
+            f"task {task} {name} holds label {high}: labels are class indices (one output each), "
             f"below {MAX_LABEL}; number the classes 0, 1, 2, ..."
         )
 

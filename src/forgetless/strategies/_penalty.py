@@ -37,6 +37,7 @@ are in ``skipped`` and a warning is issued once) or raise a ``ConfigError`` with
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -427,7 +428,10 @@ class AnchoredPenalty:
         self.clear()
         for t in sorted(state["terms"], key=int):
             entry = state["terms"][t]
-            self.add_term(entry.get("importance"), entry.get("anchor"), entry["weight"], entry["names"])
+            weight = entry["weight"]
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+                raise ValueError(f"penalty term {t}: weight {weight!r} is not a finite number >= 0")
+            self.add_term(entry.get("importance"), entry.get("anchor"), float(weight), entry["names"])
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

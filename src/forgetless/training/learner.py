@@ -200,6 +200,19 @@ class Learner:
         self._active = max(seen, previous)
         return self._active
 
+    def _check_active(self, active: Any, task_index: int) -> None:
+        """A checkpoint's active-output count must lie between what the task has and the head."""
+        outputs = self.scenario.active_outputs
+        if not isinstance(active, int) or not outputs:
+            return
+        low = outputs[min(task_index, len(outputs)) - 1] if task_index > 0 else 0  # at least the tasks done
+        high = max(outputs)
+        if not low <= active <= high:
+            raise ckpt.CheckpointError(
+                f"checkpoint learner.json: loop.active is {active}, but at task {task_index} a class-IL "
+                f"head has {low} to {high} active outputs: the checkpoint was edited; start the run again"
+            )
+
     def train_task(self, task_index: int, progress: Progress | None = None) -> None:
         """Train task ``task_index`` with every strategy's contribution, then evaluate."""
         ctx, config, scenario = self.ctx, self.config, self.scenario
@@ -368,7 +381,7 @@ class Learner:
                     f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
                 )
             loop, result = state["loop"], state["result"]
-            for param, trainable in zip(self.model.parameters(), loop["trainable"]):
+            for param, trainable in zip(self.model.parameters(), loop["trainable"], strict=True):
                 param.requires_grad_(trainable)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise ckpt.CheckpointError(
@@ -380,6 +393,7 @@ class Learner:
         ctx.extras.update(state.get("extras") or {})
         self.precision.load_state_dict(state.get("precision") or {})
         if loop["active"] is not None:
+            self._check_active(loop["active"], loop["task_index"])
             self._active = loop["active"]
             self._set_active_outputs(self._active)
         self.result.baseline = result["baseline"].numpy()

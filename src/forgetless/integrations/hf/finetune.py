@@ -77,6 +77,9 @@ class FinetuneConfig(BaseModel):
     stop_if_drop: float | None = Field(None, ge=0)
     eval_every: int = Field(20, ge=1)
     checkpoint_every: int | None = Field(None, ge=0)
+    threads: int | None = Field(None, ge=1)
+    """torch CPU threads the fine-tune ran with (``--threads``): a resume reuses them, since
+    a CPU's float sums depend on how many threads split them."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Training under autocast (the Trainer's ``bf16``/``fp16``; weights and optimizer stay
     float32). accelerate autocasts the model's every forward, so the capabilities are measured
@@ -225,7 +228,7 @@ class _StepCallback:
         return StepCallback()
 
 
-RESUME_MAY_CHANGE = ("checkpoint_every",)
+RESUME_MAY_CHANGE = ("checkpoint_every", "threads")
 """Config fields a resumed fine-tune may change: they do not change the results."""
 
 

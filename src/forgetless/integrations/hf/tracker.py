@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from forgetless.errors import ConfigError
+from forgetless.errors import ConfigError, NumericalError
 from forgetless.integrations.hf.capabilities import Capability
 from forgetless.metrics import backward_transfer
 
@@ -58,11 +58,24 @@ class CapabilityTracker:
         scores = {c.name: c.evaluate(model) for c in self.capabilities}
         record: dict[str, Any] = {"step": int(step), "scores": scores}
         record["task"] = self.task.evaluate(model) if self.task is not None else None
+        self._check_finite(record)
         before = self.history[0]["scores"] if self.history else scores
         record["drops"] = {c.name: c.drop(before[c.name], scores[c.name]) for c in self.capabilities}
         record["eval_seconds"] = time.perf_counter() - start
         self.history.append(record)
         return record
+
+    @staticmethod
+    def _check_finite(record: dict[str, Any]) -> None:
+        """A NaN or infinite score means the weights diverged: stop before any report is written
+        (a report of NaN would replace a good one under ``--force``)."""
+        values = {**record["scores"], **({"the new task": record["task"]} if record["task"] is not None else {})}
+        for name, value in values.items():
+            if not np.isfinite(value):
+                raise NumericalError(
+                    f"the fine-tune diverged: {name} scored {value} at step {record['step']} (the weights hold "
+                    "NaN or infinite values): lower --lr or add --warmup-steps; no report was written"
+                )
 
     @property
     def before(self) -> dict[str, Any]:
