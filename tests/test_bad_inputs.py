@@ -475,3 +475,28 @@ def test_output_error_is_typed() -> None:
 
     with pytest.raises(OutputError):
         check_path_length(Path("/tmp") / ("x" * 4000), "--out")
+
+
+def test_a_failed_force_run_never_lets_a_resume_reuse_the_old_benchmarks_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the hostile probe: ``--force`` with another benchmark stopped on its data, the
+    data was fixed, and ``--resume`` reported the old split-digits matrices as split-fmnist's."""
+    import shutil
+
+    system = Path("/usr/share/datasets/fashion-mnist")
+    if not system.is_dir():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    run = finished_run(tmp_path / "run")
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    names = sorted(p.name for p in system.glob("*.gz"))
+    shutil.copy(system / names[0], data / names[0])  # one of four files: refused
+    argv = ["run", "--benchmark", "split-fmnist", "--tasks", "2", "--epochs", "1", "--hidden", "16"]
+    argv += ["--threads", "1", "--quiet", "--data-dir", str(data), "--out", str(run)]
+    code, _, err = run_cli([*argv, "--force"], capsys)
+    assert code == 2, err
+    for name in names[1:]:
+        shutil.copy(system / name, data / name)
+    code, _, err = run_cli(["run", "--resume", str(run), "--quiet"], capsys)
+    assert code == 2 and "metrics.json holds runs with benchmark 'split-digits'" in one_error_line(err)

@@ -297,6 +297,8 @@ def _resume_point(config: RunConfig, run_dir: Path) -> tuple[ckpt.Checkpoint | N
     if saved is not None:
         ckpt.validate_checkpoint(saved)
     finished = {(r.strategy, r.seed): r for r in ckpt.runs_from_metrics(run_dir)}
+    if finished:
+        _check_metrics_settings(config, run_dir)
     if saved is None:
         if finished:
             _check_folder_config(config, run_dir)
@@ -312,6 +314,19 @@ def _resume_point(config: RunConfig, run_dir: Path) -> tuple[ckpt.Checkpoint | N
         run = RunResult.from_state(record)
         finished[(run.strategy, run.seed)] = run
     return saved, finished
+
+
+def _check_metrics_settings(config: RunConfig, run_dir: Path) -> None:
+    """Refuse runs of ``metrics.json`` made on another benchmark, scenario or task count (a
+    ``--force`` run that stopped before its first result leaves the old ones there)."""
+    recorded = ckpt.metrics_settings(run_dir)
+    current = {"benchmark": config.benchmark, "scenario": config.scenario, "tasks": config.tasks}
+    for key, value in current.items():
+        if key in recorded and recorded[key] != value:
+            raise ckpt.CheckpointError(
+                f"cannot resume {run_dir}: its metrics.json holds runs with {key} {recorded[key]!r}, the run "
+                f"now has {value!r}: start again with --force (it replaces them) or use another --out"
+            )
 
 
 def _check_folder_config(config: RunConfig, run_dir: Path) -> None:
