@@ -500,3 +500,13 @@ def test_a_failed_force_run_never_lets_a_resume_reuse_the_old_benchmarks_runs(
         shutil.copy(system / name, data / name)
     code, _, err = run_cli(["run", "--resume", str(run), "--quiet"], capsys)
     assert code == 2 and "metrics.json holds runs with benchmark 'split-digits'" in one_error_line(err)
+
+
+def test_wide_unsigned_labels_are_checked_not_crashed_on() -> None:
+    """Found by the hostile probe: uint64 labels ended in torch's "min_all not implemented"."""
+    x = np.zeros((8, 1, 4, 4), np.uint8)
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1], np.uint64)
+    assert from_tensors("u", x, y, x, y).train_y.dtype == torch.int64
+    assert from_task_data("task", [(x, y, x, y), (x, y, x, y)]).tasks[0].train_y.dtype == torch.int64
+    with pytest.raises(DataError, match="labels are class indices"):
+        from_tensors("u", x, np.full(8, 2**63, np.uint64), x, y)

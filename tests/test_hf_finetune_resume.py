@@ -264,3 +264,24 @@ def test_the_sampler_state_at_the_trained_batch_behind_a_prefetching_loader() ->
     assert again.drawn == 4 and next(iter(again)) == drawn[4]
     with pytest.raises(ValueError, match="not among the last"):
         sampler.state_at(5 - MixingBatchSampler.MARKS - 1)
+
+
+def test_a_resume_runs_with_the_threads_the_killed_run_had(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the hostile probe: killed at --threads 1, resumed at the default count, the
+    curves moved in their 8th digit (a CPU's float sums depend on the threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        out = killed_run(data, tmp_path / "run", capsys, monkeypatch, "--threads", "1")
+        torch.set_num_threads(2)
+        seen = []
+        real = torch.set_num_threads
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n)))
+        code, _, err = run_cli(["finetune", "--resume", str(out), "--quiet"], capsys)
+        assert code == 0, err
+        assert seen[:1] == [1]
+    finally:
+        torch.set_num_threads(before)
