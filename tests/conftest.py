@@ -22,6 +22,22 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def isolated_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every data lookup folder inside tmp_path; any download attempt fails the test."""
+    from forgetless.data import files
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("FORGETLESS_DATA", raising=False)
+    monkeypatch.setattr(files, "SYSTEM_DATA_DIR", tmp_path / "system")
+
+    def no_download(url: str, dest: Path, timeout: float = 60.0) -> None:
+        raise AssertionError(f"tests must not download ({url})")
+
+    monkeypatch.setattr(files, "download_url", no_download)
+    return tmp_path
+
+
 # property tests draw their examples from a fixed seed: the suite is deterministic
 from hypothesis import settings  # noqa: E402
 

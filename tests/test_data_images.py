@@ -24,17 +24,8 @@ from forgetless.errors import ConfigError, DataError
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every lookup folder inside tmp_path; any download attempt fails the test."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("FORGETLESS_DATA", raising=False)
-    monkeypatch.setattr(files, "SYSTEM_DATA_DIR", tmp_path / "system")
-
-    def no_download(url: str, dest: Path, timeout: float = 60.0) -> None:
-        raise AssertionError(f"tests must not download ({url})")
-
-    monkeypatch.setattr(files, "download_url", no_download)
-    return tmp_path
+def isolated(isolated_data: Path) -> Path:
+    return isolated_data
 
 
 # --- builders of real layouts -------------------------------------------------------------
