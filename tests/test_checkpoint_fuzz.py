@@ -205,7 +205,9 @@ def test_edits_the_hostile_probe_found_accepted_are_refused(
         assert _set_all(document["data"], key, value) > 0
         (folder / f"{part}.json").write_text(json.dumps(document))
         ckpt.write_manifest(folder)
+        sources = json.loads((run / "metrics.json").read_text())["data_sources"]
         code, err = _cli(["run", "--resume", str(run)], capsys)
         assert code == 2 and says in one_error_line(err)
+        assert sources and json.loads((run / "metrics.json").read_text())["data_sources"] == sources
     finally:
         shutil.rmtree(run.parent, ignore_errors=True)

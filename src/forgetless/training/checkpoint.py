@@ -438,13 +438,14 @@ def runs_from_metrics(run_dir: Path) -> list[RunResult]:
 
 
 def metrics_settings(run_dir: Path) -> dict[str, Any]:
-    """``benchmark``, ``scenario`` and ``tasks`` as ``metrics.json`` recorded them (``{}``
-    without one; a corrupt one is refused by :func:`runs_from_metrics`)."""
+    """``benchmark``, ``scenario``, ``tasks`` and ``data_sources`` as ``metrics.json`` recorded
+    them (``{}`` without one; a corrupt one is refused by :func:`runs_from_metrics`)."""
     try:
         data = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {k: data[k] for k in ("benchmark", "scenario", "tasks") if isinstance(data, dict) and k in data}
+    keys = ("benchmark", "scenario", "tasks", "data_sources")
+    return {k: data[k] for k in keys if isinstance(data, dict) and k in data}
 
 
 # -- schema of the JSON parts ---------------------------------------------------------------

@@ -259,6 +259,9 @@ def run_experiment(
         torch.set_num_threads(config.threads)
     saved, finished = _resume_point(config, run_dir) if (run_dir and resume) else (None, {})
     result = ExperimentResult(config)
+    if finished:  # where the finished runs' data came from, kept even if this resume fails
+        recorded = ckpt.metrics_settings(run_dir).get("data_sources") if run_dir else None
+        result.data_sources += [s for s in recorded or [] if isinstance(s, str)]
     records: list[dict] = []
     """Exact records of the runs finished so far (every checkpoint carries them)."""
     for offset in range(config.seeds):
