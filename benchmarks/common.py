@@ -41,8 +41,8 @@ FAMILY_ORDER = ("baseline", "regularization", "distillation", "replay", "isolati
 
 # -- strategy metadata (from the registry) ------------------------------------------------------
 def strategy_names(*families: str, kind: type[Strategy] = Strategy) -> list[str]:
-    """Registered strategies of ``families`` (all when none) that subclass ``kind``: ``naive``
-    first, then by :data:`FAMILY_ORDER` and name."""
+    """Registered strategies of ``families`` (all when none) that subclass ``kind`` and run in
+    ``forgetless run``: ``naive`` first, then by :data:`FAMILY_ORDER` and name."""
     registry = discover()
 
     def order(name: str) -> tuple[bool, int, str]:
@@ -50,7 +50,11 @@ def strategy_names(*families: str, kind: type[Strategy] = Strategy) -> list[str]
         rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
         return name != "naive", rank, name
 
-    chosen = [n for n, cls in registry.items() if (not families or cls.family in families) and issubclass(cls, kind)]
+    chosen = [
+        n
+        for n, cls in registry.items()
+        if (not families or cls.family in families) and issubclass(cls, kind) and "run" in cls.stacks
+    ]
     return sorted(chosen, key=order)
 
 

@@ -273,7 +273,7 @@ def test_adapter_starts_as_identity() -> None:
     learner = tiny_learner("adapter")
     learner.train_task(0)
     strategy = learner.strategies[0]
-    learner.ctx.task_index = 1
+    learner.ctx.advance(task_index=1)
     before = test_logits(learner, 1)
     strategy.before_task(learner.ctx)  # adds task 1's adapters (zero-initialised up-projection)
     assert torch.equal(test_logits(learner, 1), before)
@@ -288,7 +288,7 @@ def test_state_dict_round_trip_restores_every_task(method: str) -> None:
     state = learner.strategies[0].state_dict()
     expected = [test_logits(learner, t) for t in range(3)]
     fresh = tiny_learner(method)
-    fresh.strategies[0].load_state_dict(state)
+    fresh.strategies[0].load_state_dict(state, fresh.ctx)
     for task in range(3):
         assert torch.equal(test_logits(fresh, task), expected[task]), task
     assert fresh.strategies[0].report() == learner.strategies[0].report()

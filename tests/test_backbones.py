@@ -19,7 +19,7 @@ from forgetless.models.resnet import resnet
 from forgetless.strategies import discover
 from forgetless.training.experiment import build_learner, load_scenario, resolve
 
-STRATEGIES = discover()
+STRATEGIES = {name: cls for name, cls in discover().items() if "run" in cls.stacks}
 
 
 def _parameters(module: nn.Module) -> int:

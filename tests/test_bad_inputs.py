@@ -397,7 +397,7 @@ def test_every_strategy_refuses_non_finite_hyperparameters(strategy: str, field:
     cls = discover()[strategy]
     scenario = cls.scenarios[0]
     with pytest.raises(ConfigError, match=rf"{strategy}\.{field}"):
-        make_strategies(strategy, {strategy: {field: value}}, scenario=scenario)
+        make_strategies(strategy, {strategy: {field: value}}, scenario=scenario, stack=cls.stacks[0])
 
 
 def test_non_finite_run_settings_and_yaml_infinities(tmp_path: Path) -> None:

@@ -211,3 +211,27 @@ def test_edits_the_hostile_probe_found_accepted_are_refused(
         assert sources and json.loads((run / "metrics.json").read_text())["data_sources"] == sources
     finally:
         shutil.rmtree(run.parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+def test_a_penalty_that_lost_terms_is_refused(
+    original: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str], keep: int
+) -> None:
+    """Found by the hostile probe: a re-signed checkpoint whose EWC penalty lost its terms (all,
+    or all but one) resumed without them. EWC keeps one term per finished task; the count is
+    checked against the tasks done when the strategy's state is loaded."""
+    run = _copy(original[0])
+    try:
+        folder = run / ckpt.CHECKPOINT
+        document = json.loads((folder / "strategies.json").read_text())
+        (ewc,) = [s for s in document["data"] if isinstance(s, dict) and "penalty" in s]
+        terms = ewc["penalty"]["terms"]
+        assert len(terms) > 1
+        ewc["penalty"]["terms"] = {k: terms[k] for k in sorted(terms, key=int)[:keep]}
+        (folder / "strategies.json").write_text(json.dumps(document))
+        ckpt.write_manifest(folder)
+        code, err = _cli(["run", "--resume", str(run)], capsys)
+        line = one_error_line(err)
+        assert code == 2 and f"ewc holds {keep} penalty terms" in line and "strategies" in line, line
+    finally:
+        shutil.rmtree(run.parent, ignore_errors=True)

@@ -8,6 +8,7 @@ import torch
 
 from forgetless.config import make_config
 from forgetless.strategies import Batch, Strategy, TrainingContext
+from forgetless.strategies.base import ModelOutput
 from forgetless.training.evaluation import task_accuracies
 from forgetless.training.experiment import build_learner, load_scenario, resolve, run_experiment
 
@@ -58,17 +59,17 @@ class Recorder(Strategy):
         self._count("replay_batch")
         return Batch(batch.x[:3], batch.y[:3], batch.task_ids, batch.raw[:3])
 
-    def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+    def loss(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor:
         self._count("loss")
         self.batch_sizes.append(len(batch))
         assert ctx.current_size == len(batch) - 3
-        return logits.sum() * 0.0
+        return output.logits.sum() * 0.0
 
     def project_gradient(self, ctx, batch, gradient):
         self._count("project_gradient")
         n_params = sum(p.numel() for p in ctx.model.parameters() if p.grad is not None)
-        assert gradient.shape == (n_params,)
-        return torch.zeros_like(gradient)  # no update at all
+        assert gradient.vector.shape == (n_params,) and gradient.layout.numel == n_params
+        return torch.zeros_like(gradient.vector)  # no update at all
 
     def after_task(self, ctx: TrainingContext) -> None:
         self._count("after_task")

@@ -33,8 +33,8 @@ class _Dtypes(Strategy):
         super().__init__()
         self.seen: set[torch.dtype] = set()
 
-    def after_step(self, ctx, batch, logits) -> bool:
-        self.seen.add(logits.dtype)
+    def after_step(self, ctx, batch, output) -> bool:
+        self.seen.add(output.logits.dtype)
         return False
 
 

@@ -16,11 +16,12 @@ from forgetless.config import make_config
 from forgetless.data.benchmarks import build_scenario
 from forgetless.errors import ConfigError
 from forgetless.models import INACTIVE_LOGIT, build_model
+from forgetless.models.model import forward_with_features
 from forgetless.strategies import make_strategies
 from forgetless.strategies import online_ewc as online_ewc_module
 from forgetless.strategies._fisher import fisher_diagonal, fisher_objectives, mas_importance
 from forgetless.strategies._penalty import AnchoredPenalty, snapshot
-from forgetless.strategies.base import Batch, TrainingContext
+from forgetless.strategies.base import Batch, ModelOutput, StepClock, TrainingContext
 from forgetless.strategies.lwf import LwF
 from forgetless.strategies.si import SI
 from forgetless.training.learner import Learner
@@ -63,7 +64,7 @@ def fake_ctx(model: nn.Module, kind: str = "class", task_index: int = 0) -> Trai
         config=config,
         device=torch.device("cpu"),
         generator=torch.Generator().manual_seed(0),
-        task_index=task_index,
+        clock=StepClock(task_index=task_index),
     )
 
 
@@ -354,7 +355,7 @@ def test_l2sp_anchors_trained_parameters_and_decays_new_heads():
             if "heads.1" not in n:
                 p.add_(0.2)
     l2sp.after_task(ctx)
-    ctx.task_index = 1
+    ctx.advance(task_index=1)
     l2sp.before_task(ctx)
     start = snapshot(model)
     with torch.no_grad():
@@ -385,17 +386,17 @@ def test_lwf_is_zero_for_the_old_model_and_watches_only_old_outputs(kind):
     lwf = LwF(alpha=1.0, temperature=2.0)
     lwf.before_task(ctx)
     first = lwf_batch(ctx, 0)
-    assert lwf.loss(ctx, first, model(first.x, first.task_ids)) is None  # first task: no-op
+    assert lwf.loss(ctx, first, ModelOutput(model(first.x, first.task_ids))) is None  # first task: no-op
     lwf.after_task(ctx)
-    ctx.task_index = 1
+    ctx.advance(task_index=1)
     lwf.before_task(ctx)
     if kind == "class":
         model.head.set_active_outputs(4)
     batch = lwf_batch(ctx, 1)
-    ctx.current_size = len(batch)
+    ctx.advance(current_size=len(batch))
 
     def loss() -> float:
-        return float(lwf.loss(ctx, batch, model(batch.x, batch.task_ids)).detach())
+        return float(lwf.loss(ctx, batch, ModelOutput(*forward_with_features(model, batch.x, batch.task_ids))).detach())
 
     assert loss() == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():  # change only what belongs to the new task: still zero
@@ -423,15 +424,15 @@ def test_lwf_distils_only_the_current_rows_when_replay_rows_follow():
     model = build_model("mlp", scenario.input_shape, scenario.head_sizes, False, [16])
     ctx = fake_ctx(model)
     lwf = LwF()
-    ctx.task_index = 1
+    ctx.advance(task_index=1)
     lwf.before_task(ctx)
     batch = lwf_batch(ctx, 1)
-    ctx.current_size = 20
+    ctx.advance(current_size=20)
     logits = model(batch.x, None)
     with torch.no_grad():
         logits_mod = logits.clone()
         logits_mod[20:] += torch.randn_like(logits_mod[20:])  # replay rows differ: ignored
-    assert float(lwf.loss(ctx, batch, logits_mod)) == pytest.approx(0.0, abs=1e-6)
+    assert float(lwf.loss(ctx, batch, ModelOutput(logits_mod))) == pytest.approx(0.0, abs=1e-6)
 
 
 # -- configuration and checkpoints -------------------------------------------------------------
@@ -477,11 +478,11 @@ def test_state_dict_round_trip_gives_identical_penalties(combination, tmp_path):
     for task_index in range(2):
         learner.train_task(task_index)
     ctx = learner.ctx
-    ctx.task_index = 2
+    ctx.advance(task_index=2)
     for strategy in strategies:
         strategy.before_task(ctx)
     batch = Batch(ctx.prepare(scenario.tasks[2].train_x[:16]), scenario.tasks[2].train_y[:16], 2)
-    ctx.current_size = 16
+    ctx.advance(current_size=16)
     with torch.no_grad():  # move away from every anchor and from the old model
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -491,9 +492,9 @@ def test_state_dict_round_trip_gives_identical_penalties(combination, tmp_path):
     states = torch.load(path)
     fresh = make_strategies(combination)
     for strategy, state in zip(fresh, states, strict=True):
-        strategy.load_state_dict(state)
+        strategy.load_state_dict(state, ctx)
     for old, new in zip(strategies, fresh, strict=True):
-        a, b = old.loss(ctx, batch, logits), new.loss(ctx, batch, logits)
+        a, b = old.loss(ctx, batch, ModelOutput(logits)), new.loss(ctx, batch, ModelOutput(logits))
         assert a is not None and float(a.detach()) > 0
         assert torch.equal(a, b)
     assert learner.result.report  # bytes and term counts are reported

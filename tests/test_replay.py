@@ -19,7 +19,7 @@ from forgetless.models.heads import INACTIVE_LOGIT
 from forgetless.strategies import make_strategies
 from forgetless.strategies._buffer import MemoryBuffer, masked_logit_mse
 from forgetless.strategies.agem import agem_project
-from forgetless.strategies.base import Batch, TrainingContext
+from forgetless.strategies.base import Batch, FlatGradient, ModelOutput, ParameterLayout, TrainingContext
 from forgetless.strategies.gem import gem_project
 from forgetless.training.learner import Learner
 
@@ -236,9 +236,10 @@ def test_gem_without_earlier_task_is_a_no_op() -> None:
     ctx = _context("class")
     gem = _strategy(ctx, "gem", buffer_size=50)
     batch = _batch(ctx, 0)
-    flat = torch.randn(10)
+    params = [p for p in ctx.model.parameters()]
+    flat = FlatGradient(torch.randn(sum(p.numel() for p in params)), ParameterLayout(params))
     assert gem.project_gradient(ctx, batch, flat) is None  # task 0: nothing to protect
-    ctx.task_index = 1
+    ctx.advance(task_index=1)
     assert gem.project_gradient(ctx, _batch(ctx, 0), flat) is None  # empty memory: same
 
 
@@ -246,14 +247,14 @@ def test_gem_task_gradients_use_the_learners_layout() -> None:
     """Rows of task_gradients equal .grad concatenated in model.parameters() order."""
     ctx = _context("task")
     gem = _strategy(ctx, "gem", buffer_size=40)
-    ctx.current_size = 16
-    gem.after_step(ctx, _batch(ctx, 0), torch.zeros(16, 2))
-    ctx.task_index = 1
+    ctx.advance(current_size=16)
+    gem.after_step(ctx, _batch(ctx, 0), ModelOutput(torch.zeros(16, 2)))
+    ctx.advance(task_index=1)
     batch = _batch(ctx, 0)
     model = ctx.model
     F.cross_entropy(model(batch.x, 1), batch.y).backward()  # heads 0 and 2.. have no grad
     params = [p for p in model.parameters() if p.grad is not None]
-    rows = gem.task_gradients(ctx)
+    rows = gem.task_gradients(ctx, ParameterLayout(params))
     grads_before = [p.grad.clone() for p in params]
     sample = gem.buffer.take(torch.arange(len(gem.buffer)))
     model.zero_grad(set_to_none=False)
@@ -284,15 +285,15 @@ def test_der_stores_logits_at_insertion_time() -> None:
     optimizer = torch.optim.SGD(ctx.model.parameters(), lr=0.5)
     inserted = {}
     for step, start in enumerate(range(0, 128, 16)):
-        ctx.step = step
+        ctx.advance(step=step)
         batch = _batch(ctx, start)
-        ctx.current_size = len(batch)
+        ctx.advance(current_size=len(batch))
         logits = ctx.model(batch.x)
-        loss = F.cross_entropy(logits, batch.y) + (der.loss(ctx, batch, logits) or 0.0)
+        loss = F.cross_entropy(logits, batch.y) + (der.loss(ctx, batch, ModelOutput(logits)) or 0.0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        der.after_step(ctx, batch, logits)
+        der.after_step(ctx, batch, ModelOutput(logits))
         inserted[start] = logits.detach().clone()
     stored = der.buffer.logits[:128]
     expected = torch.cat([inserted[s] for s in sorted(inserted)])
@@ -307,13 +308,13 @@ def test_der_fills_newly_active_outputs_and_keeps_the_rest() -> None:
     der = _strategy(ctx, "der", buffer_size=100, future_logits="model")
     ctx.model.head.set_active_outputs(2)
     batch = _batch(ctx, 0)
-    ctx.current_size = len(batch)
-    der.after_step(ctx, batch, ctx.model(batch.x).detach())
+    ctx.advance(current_size=len(batch))
+    der.after_step(ctx, batch, ModelOutput(ctx.model(batch.x).detach()))
     before = der.buffer.logits[:16].clone()
     assert (before[:, 2:] == INACTIVE_LOGIT).all()
-    ctx.task_index, ctx.step = 1, 0
+    ctx.advance(task_index=1, step=0)
     ctx.model.head.set_active_outputs(4)
-    der.loss(ctx, _batch(ctx, 0), torch.zeros(16, 10))
+    der.loss(ctx, _batch(ctx, 0), ModelOutput(torch.zeros(16, 10)))
     after = der.buffer.logits[:16]
     assert torch.equal(after[:, :2], before[:, :2])
     live = ctx.model(ctx.prepare(der.buffer.inputs[:16])).detach()
@@ -329,25 +330,25 @@ def test_der_caps_newly_active_outputs_below_the_rows_stored_logits() -> None:
     der = _strategy(ctx, "der", buffer_size=100)
     ctx.model.head.set_active_outputs(2)
     batch = _batch(ctx, 0)
-    ctx.current_size = len(batch)
-    der.after_step(ctx, batch, ctx.model(batch.x).detach())
+    ctx.advance(current_size=len(batch))
+    der.after_step(ctx, batch, ModelOutput(ctx.model(batch.x).detach()))
     before = der.buffer.logits[:16].clone()
     with torch.no_grad():  # untrained outputs of the next task's classes well above the others
         ctx.model.head.linear.bias[2:4] += 100.0
-    ctx.task_index, ctx.step = 1, 0
+    ctx.advance(task_index=1, step=0)
     ctx.model.head.set_active_outputs(4)
-    der.loss(ctx, _batch(ctx, 0), torch.zeros(16, 10))
+    der.loss(ctx, _batch(ctx, 0), ModelOutput(torch.zeros(16, 10)))
     after = der.buffer.logits[:16]
     lowest = before[:, :2].min(dim=1, keepdim=True).values
     assert torch.equal(after[:, :2], before[:, :2])
     assert torch.equal(after[:, 2:4], lowest.expand(16, 2))
     assert (der.buffer.active[:16] == 4).all() and (after[:, 4:] == INACTIVE_LOGIT).all()
     # where the model's own value is lower already, it is kept as it is
-    ctx.task_index, ctx.step = 2, 0
+    ctx.advance(task_index=2, step=0)
     with torch.no_grad():
         ctx.model.head.linear.bias[4:6] -= 100.0
     ctx.model.head.set_active_outputs(6)
-    der.loss(ctx, _batch(ctx, 0), torch.zeros(16, 10))
+    der.loss(ctx, _batch(ctx, 0), ModelOutput(torch.zeros(16, 10)))
     live = ctx.model(ctx.prepare(der.buffer.inputs[:16])).detach()
     assert torch.equal(der.buffer.logits[:16, 4:6], live[:, 4:6])
 
@@ -372,10 +373,10 @@ def test_derpp_adds_replay_cross_entropy() -> None:
     ctx.model.head.set_active_outputs(2)
     der = _strategy(ctx, "derpp", buffer_size=64, alpha=0.0, beta=1.0)
     batch = _batch(ctx, 0)
-    ctx.current_size, ctx.step = len(batch), 1
-    der.after_step(ctx, batch, ctx.model(batch.x).detach())
+    ctx.advance(current_size=len(batch), step=1)
+    der.after_step(ctx, batch, ModelOutput(ctx.model(batch.x).detach()))
     state = der.buffer.generator.get_state()
-    term = der.loss(ctx, batch, ctx.model(batch.x))
+    term = der.loss(ctx, batch, ModelOutput(ctx.model(batch.x)))
     der.buffer.generator.set_state(state)
     der.buffer.sample(16)  # the DER draw (alpha = 0)
     sample = der.buffer.sample(16)
@@ -388,10 +389,10 @@ def test_er_replays_task_ids_in_task_il() -> None:
     ctx = _context("task")
     er = _strategy(ctx, "er", buffer_size=32)
     batch = _batch(ctx, 0)
-    ctx.current_size = len(batch)
+    ctx.advance(current_size=len(batch))
     assert er.replay_batch(ctx, batch) is None
-    er.after_step(ctx, batch, torch.zeros(16, 2))
-    ctx.task_index = 1
+    er.after_step(ctx, batch, ModelOutput(torch.zeros(16, 2)))
+    ctx.advance(task_index=1)
     current = _batch(ctx, 0)
     mixed = current.concat(er.replay_batch(ctx, current))
     assert torch.equal(mixed.task_ids, torch.tensor([1] * 16 + [0] * 16))
@@ -405,13 +406,13 @@ def test_strategy_state_round_trip_resumes_identically() -> None:
         strategy = _strategy(ctx, name)
         for start in (0, 16, 32):
             batch = _batch(ctx, start)
-            ctx.current_size = len(batch)
-            strategy.after_step(ctx, batch, ctx.model(batch.x).detach())
-        ctx.task_index = 1
+            ctx.advance(current_size=len(batch))
+            strategy.after_step(ctx, batch, ModelOutput(ctx.model(batch.x).detach()))
+        ctx.advance(task_index=1)
         strategy.before_task(ctx)
         state = strategy.state_dict()
         twin = _strategy(ctx, name)
-        twin.load_state_dict(state)
+        twin.load_state_dict(state, ctx)
         if name == "derpp":
             a, b = strategy.draw(ctx), twin.draw(ctx)
             assert torch.equal(a.logits, b.logits) and torch.equal(a.indices, b.indices)
@@ -427,8 +428,8 @@ def test_generative_replay_stores_no_data_and_labels_with_the_old_solver() -> No
     gr = _strategy(ctx, "generative-replay")
     batch = _batch(ctx, 0)
     assert gr.replay_batch(ctx, batch) is None  # first task: nothing to replay
-    gr.after_step(ctx, batch, ctx.model(batch.x))
-    ctx.task_index = 1
+    gr.after_step(ctx, batch, ModelOutput(ctx.model(batch.x)))
+    ctx.advance(task_index=1)
     gr.before_task(ctx)
     ctx.model.head.set_active_outputs(4)
     replay = gr.replay_batch(ctx, _batch(ctx, 0))
@@ -449,12 +450,12 @@ def test_strategy_states_survive_the_checkpoint_format() -> None:
         ctx.model.head.set_active_outputs(2)
         strategy = _strategy(ctx, name)
         batch = _batch(ctx, 0)
-        ctx.current_size = len(batch)
-        strategy.after_step(ctx, batch, ctx.model(batch.x).detach())
-        ctx.task_index = 1
+        ctx.advance(current_size=len(batch))
+        strategy.after_step(ctx, batch, ModelOutput(ctx.model(batch.x).detach()))
+        ctx.advance(task_index=1)
         strategy.before_task(ctx)
         skeleton, tensors = flatten_tree(strategy.state_dict())
         twin = _strategy(ctx, name)
-        twin.load_state_dict(unflatten_tree(skeleton, tensors))
+        twin.load_state_dict(unflatten_tree(skeleton, tensors), ctx)
         again, _ = flatten_tree(twin.state_dict())
         assert again == skeleton

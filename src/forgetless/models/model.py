@@ -33,6 +33,17 @@ class ContinualModel(nn.Module):
         return self.backbone(x)
 
 
+def forward_with_features(
+    model: nn.Module, x: torch.Tensor, task_ids: torch.Tensor | int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logits, features)`` of one forward: a :class:`ContinualModel` (forward not
+    overridden) hands out the backbone's features the head read; any other model ``None``."""
+    if isinstance(model, ContinualModel) and type(model).forward is ContinualModel.forward:
+        features = model.backbone(x)
+        return model.head(features, task_ids), features
+    return model(x, task_ids), None
+
+
 def feature_width(backbone: nn.Module, input_shape: tuple[int, ...]) -> int:
     """The feature size of ``backbone`` on ``input_shape`` inputs, from one forward of two zero
     inputs (eval mode, no gradient; on the meta device when built there)."""

@@ -34,13 +34,20 @@ def discover() -> dict[str, type[Strategy]]:
     return STRATEGIES
 
 
+def names_for(stack: str) -> list[str]:
+    """The registered strategies that run in ``stack`` (``run`` or ``finetune``), sorted."""
+    return sorted(name for name, cls in discover().items() if stack in cls.stacks)
+
+
 def make_strategies(
     combination: str,
     params: dict[str, dict[str, Any]] | None = None,
     shared: dict[str, Any] | None = None,
     scenario: str | None = None,
+    stack: str = "run",
 ) -> list[Strategy]:
-    """Build the strategies of one run from ``"a+b"``, validating names and parameters."""
+    """Build the strategies of one run from ``"a+b"``, validating names and parameters;
+    ``stack`` is where they will run (``run`` or ``finetune``, :attr:`Strategy.stacks`)."""
     discover()
     params = params or {}
     shared = shared or {}
@@ -52,6 +59,12 @@ def make_strategies(
         if name not in STRATEGIES:
             raise unknown_name("strategy", name, list(STRATEGIES))
         cls = STRATEGIES[name]
+        if stack not in cls.stacks:
+            where = " and ".join(f"forgetless {s}" for s in cls.stacks)
+            raise ConfigError(
+                f"strategy {name!r} runs in {where} only, not in forgetless {stack}: choose one of "
+                f"{', '.join(names_for(stack))}"
+            )
         if scenario is not None and scenario not in cls.scenarios:
             raise ConfigError(
                 f"strategy {name!r} supports the {', '.join(cls.scenarios)} scenario(s), not "
@@ -76,5 +89,6 @@ __all__ = [
     "TrainingSet",
     "discover",
     "make_strategies",
+    "names_for",
     "register",
 ]

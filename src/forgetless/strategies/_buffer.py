@@ -27,11 +27,10 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
 from forgetless.errors import ConfigError
 from forgetless.models.heads import INACTIVE_LOGIT
-from forgetless.strategies.base import Batch, Strategy, TrainingContext
+from forgetless.strategies.base import Batch, ModelOutput, Strategy, TrainingContext
 
 Selection = Literal["reservoir", "balanced"]
 _FIELDS = ("inputs", "labels", "tasks", "groups", "priorities", "logits", "active")
@@ -432,7 +431,7 @@ class ReplayStrategy(Strategy):
         """A replay sample of :meth:`replay_size` rows (``None`` while the buffer is empty)."""
         return self.buffer.sample(self.replay_size(ctx), before_task=before_task)
 
-    def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
+    def after_step(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> bool:
         """Offer the current task's rows of this batch (never replayed rows) to the buffer."""
         if batch.raw is None:
             raise ConfigError(
@@ -445,7 +444,7 @@ class ReplayStrategy(Strategy):
             batch.raw[:rows],
             labels,
             ctx.task_index,
-            logits=logits[:rows].detach() if self.store_logits else None,
+            logits=output.logits[:rows].detach() if self.store_logits else None,
             groups=self.groups(ctx, labels) if self.buffer.selection == "balanced" else None,
         )
         return False
@@ -456,16 +455,5 @@ class ReplayStrategy(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {"buffer": self.buffer.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
         self.buffer.load_state_dict(state["buffer"])
-
-
-def gradient_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of the learner's flat gradient: those with ``.grad``, in model order."""
-    return [p for p in model.parameters() if p.grad is not None]
-
-
-def flat_gradient(loss: torch.Tensor, params: list[nn.Parameter], retain_graph: bool = False) -> torch.Tensor:
-    """d loss / d params as one flat vector laid out like the learner's (``.grad`` untouched)."""
-    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])

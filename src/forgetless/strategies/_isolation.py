@@ -218,7 +218,7 @@ class IsolationStrategy(Strategy):
             "trained_per_task": list(self.trained_per_task),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
         self.model.grow_to(state["structure"])
         self.model.load_state_dict(state["model"])
         self.parameters_after_task = list(state["parameters_after_task"])

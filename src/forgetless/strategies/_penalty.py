@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from forgetless.errors import ConfigError
-from forgetless.strategies.base import Batch, ImportanceSample, Strategy, TrainingContext
+from forgetless.strategies.base import Batch, ImportanceSample, ModelOutput, Strategy, TrainingContext
 
 Tensors = Mapping[str, torch.Tensor]
 
@@ -453,7 +453,7 @@ class PenaltyStrategy(Strategy):
     def penalty_scale(self, ctx: TrainingContext) -> float:
         raise NotImplementedError
 
-    def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+    def loss(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor | None:
         if not self.penalty.terms:
             return None
         return self.penalty_scale(ctx) * self.penalty.penalty(ctx.model)
@@ -485,8 +485,21 @@ class PenaltyStrategy(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {"penalty": self.penalty.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def expected_terms(self, tasks_done: int) -> int | None:
+        """How many penalty terms the strategy holds after ``tasks_done`` tasks (checked when a
+        checkpoint is loaded); ``None``: not determined by the count alone."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
+        """The saved penalty, refused when its term count cannot belong to the tasks done
+        (``ctx.task_index``): a checkpoint that lost a term would resume without it."""
         self.penalty.load_state_dict(state["penalty"])
+        expected = self.expected_terms(ctx.task_index)
+        if expected is not None and len(self.penalty.terms) != expected:
+            raise ValueError(
+                f"{self.name} holds {len(self.penalty.terms)} penalty terms after {ctx.task_index} "
+                f"finished task(s), where it keeps {expected}: the checkpoint was edited; start the run again"
+            )
 
 
 def per_scenario(value: float | None, defaults: Mapping[str, float], kind: str) -> float:

@@ -17,10 +17,8 @@ from forgetless.strategies import register
 from forgetless.strategies._buffer import (
     BufferParams,
     ReplayStrategy,
-    flat_gradient,
-    gradient_parameters,
 )
-from forgetless.strategies.base import Batch, TrainingContext
+from forgetless.strategies.base import Batch, FlatGradient, TrainingContext
 
 
 class AGEMParams(BufferParams):
@@ -45,12 +43,11 @@ class AGEM(ReplayStrategy):
     summary = "A-GEM: project the gradient so the loss on a memory batch does not rise"
     Params: ClassVar[type[BaseModel]] = AGEMParams
 
-    def project_gradient(self, ctx: TrainingContext, batch: Batch, gradient: torch.Tensor) -> torch.Tensor | None:
+    def project_gradient(self, ctx: TrainingContext, batch: Batch, gradient: FlatGradient) -> torch.Tensor | None:
         """No earlier task yet (or an empty memory): the gradient is kept as it is."""
         sample = self.draw(ctx, before_task=ctx.task_index)
         if sample is None:
             return None
         replay = sample.to_batch(ctx)
         loss = F.cross_entropy(ctx.model(replay.x, replay.task_ids), replay.y)
-        reference = flat_gradient(loss, gradient_parameters(ctx.model))
-        return agem_project(gradient, reference)
+        return agem_project(gradient.vector, gradient.layout.gradient_of(loss))

@@ -8,17 +8,24 @@ hook                        returns / role
 ==========================  ==================================================================
 ``setup``                   a replacement model (architecture methods) or ``None``
 ``before_task``             prepare for task ``ctx.task_index`` (own state only)
+``resume_task``             a task resumed from a mid-task checkpoint (instead of ``before_task``)
 ``training_set``            the data to train this task on (``joint`` returns every task's)
 ``replay_batch``            extra samples appended to the current batch (experience replay)
+``criterion``               the batch's base loss in place of cross-entropy (ER-ACE, DFT)
 ``loss``                    an extra loss term for this batch (penalties, distillation)
 ``project_gradient``        an edited flat gradient (GEM, A-GEM) or ``None`` to keep it
 ``before_step``             look at gradients / parameters before the optimizer step (SI)
 ``after_step``              ``True`` asks the learner to stop this task (safety brake)
 ``after_task``              consolidate (Fisher, importance, buffer update, pruning)
-``predict``                 evaluation-time logits, or ``None`` for the model's own forward
 ``report``                  extra figures for ``metrics.json`` (parameter counts, bytes)
 ``state_dict``              everything needed to resume exactly (tensors and plain values)
+``load_state_dict``         restore it, with the context of the run being resumed
 ==========================  ==================================================================
+
+Hooks see the run through a :class:`TrainingContext`: the model, the data and a frozen
+:class:`StepClock` (task, epoch, step) that the learner replaces between steps, never edits.
+``criterion``, ``loss`` and ``after_step`` get the batch's :class:`ModelOutput` (logits and the
+features the head read), ``project_gradient`` a :class:`FlatGradient` that knows its layout.
 
 Hooks a strategy does not override cost nothing: the learner only calls overridden ones.
 """
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -75,6 +82,16 @@ class Batch:
         return Batch(torch.cat([self.x, other.x]), torch.cat([self.y, other.y]), task_ids, raw)
 
 
+@dataclass(frozen=True)
+class ModelOutput:
+    """What the model computed on a batch: ``logits`` and, where the model has a separate
+    feature extractor (``ContinualModel``), the ``features`` the head read (``None`` else).
+    A fine-tune passes the Hugging Face output, which has ``logits`` too."""
+
+    logits: torch.Tensor
+    features: torch.Tensor | None = None
+
+
 @dataclass
 class TrainingSet:
     """The compact tensors a task trains on (``task_ids`` an int when they are all one task)."""
@@ -108,9 +125,63 @@ class ImportanceSample:
         return {name.removeprefix(self.prefix): value for name, value in estimate.items()}
 
 
+@dataclass(frozen=True)
+class StepClock:
+    """Where the run is: the learner replaces it between steps (``dataclasses.replace``),
+    so a hook always reads one consistent, unchangeable moment."""
+
+    task_index: int = 0
+    epoch: int = 0
+    step: int = 0
+    """Optimizer steps taken in the current task."""
+    global_step: int = 0
+    steps_in_task: int = 0
+    """Optimizer steps the current task takes: epochs x batches of the set it trains on (after
+    every ``training_set`` hook), known from the task's first step on."""
+    current_size: int = 0
+    """Rows of the current batch that come from the current task (replay rows follow them)."""
+
+
+class ParameterLayout:
+    """The parameters of a flat gradient, in order: flatten per-parameter tensors into that
+    layout, or take a loss's gradient directly in it."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        self.params = params
+        self.sizes = [p.numel() for p in params]
+
+    @property
+    def numel(self) -> int:
+        return sum(self.sizes)
+
+    def flatten(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
+        """One vector of ``tensors`` (one per parameter; ``None`` counts as zeros)."""
+        return torch.cat(
+            [(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(tensors, self.params)]
+        )
+
+    def gradient_of(self, loss: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+        """d loss / d params in this layout (``.grad`` untouched)."""
+        grads = torch.autograd.grad(loss, self.params, retain_graph=retain_graph, allow_unused=True)
+        return self.flatten(list(grads))
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """``flat`` cut back into one view per parameter, shaped like it."""
+        return [part.view_as(p) for part, p in zip(flat.split(self.sizes), self.params)]
+
+
+@dataclass(frozen=True)
+class FlatGradient:
+    """The step's gradient as one vector and the :class:`ParameterLayout` it follows."""
+
+    vector: torch.Tensor
+    layout: ParameterLayout
+
+
 @dataclass
 class TrainingContext:
-    """What the learner shows its strategies. Read it; do not assign to it."""
+    """What the learner shows its strategies. Read it; do not assign to it: the learner
+    replaces :attr:`clock` between steps (:meth:`advance`)."""
 
     model: nn.Module
     scenario: Scenario
@@ -118,20 +189,10 @@ class TrainingContext:
     device: torch.device
     generator: torch.Generator
     """The run's seeded generator on the CPU: use it (or your own seeded one) for any sampling."""
-    task_index: int = 0
-    epoch: int = 0
-    step: int = 0
-    """Optimizer steps taken in the current task."""
-    steps_in_task: int = 0
-    """Optimizer steps the current task takes: epochs x batches of the set it trains on (after
-    every ``training_set`` hook). Set by the learner before the task's first step."""
-    global_step: int = 0
-    current_size: int = 0
-    """Rows of the current batch that come from the current task (replay rows follow them)."""
-    extras: dict[str, Any] = field(default_factory=dict)
+    clock: StepClock = field(default_factory=StepClock)
     accuracies: Callable[[list[int] | None], Any] | None = None
     """Set by the learner: test accuracy of the current model on the given tasks (``None``:
-    all), evaluated exactly as the accuracy matrix is (``predict`` hooks, precision)."""
+    all), evaluated exactly as the accuracy matrix is (precision included)."""
     strategies: list[Strategy] = field(default_factory=list)
     """Set by the learner: every strategy of the run, in order (the safety brake's rollback
     restores their state)."""
@@ -140,6 +201,35 @@ class TrainingContext:
     pretrained: frozenset[str] = frozenset()
     """Parameters that come trained from before the first task (a fine-tune's pretrained
     weights): strategies count them as trained by an earlier task (L2-SP anchors them)."""
+
+    def advance(self, **changes: int) -> None:
+        """Replace the clock by a copy with ``changes`` (the learner's move between steps)."""
+        self.clock = replace(self.clock, **changes)
+
+    @property
+    def task_index(self) -> int:
+        return self.clock.task_index
+
+    @property
+    def epoch(self) -> int:
+        return self.clock.epoch
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken in the current task."""
+        return self.clock.step
+
+    @property
+    def global_step(self) -> int:
+        return self.clock.global_step
+
+    @property
+    def steps_in_task(self) -> int:
+        return self.clock.steps_in_task
+
+    @property
+    def current_size(self) -> int:
+        return self.clock.current_size
 
     @property
     def task(self) -> Task:
@@ -199,14 +289,15 @@ def check_finite_params(strategy: str, params: BaseModel) -> None:
 HOOKS = (
     "setup",
     "before_task",
+    "resume_task",
     "training_set",
     "replay_batch",
+    "criterion",
     "loss",
     "project_gradient",
     "before_step",
     "after_step",
     "after_task",
-    "predict",
     "report",
     "state_dict",
     "load_state_dict",
@@ -259,28 +350,36 @@ class Strategy:
     def before_task(self, ctx: TrainingContext) -> None:
         return None
 
+    def resume_task(self, ctx: TrainingContext) -> None:
+        """The task ``ctx.task_index`` continues from a mid-task checkpoint: ``before_task``
+        ran before the checkpoint and is not called again; state is already loaded."""
+        return None
+
     def training_set(self, ctx: TrainingContext, data: TrainingSet) -> TrainingSet:
         return data
 
     def replay_batch(self, ctx: TrainingContext, batch: Batch) -> Batch | None:
         return None
 
-    def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+    def criterion(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor | None:
+        """The batch's base loss, replacing the cross-entropy (the first strategy that returns
+        one wins); ``None`` keeps the default."""
         return None
 
-    def project_gradient(self, ctx: TrainingContext, batch: Batch, gradient: torch.Tensor) -> torch.Tensor | None:
+    def loss(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor | None:
+        return None
+
+    def project_gradient(self, ctx: TrainingContext, batch: Batch, gradient: FlatGradient) -> torch.Tensor | None:
+        """An edited ``gradient.vector`` (same layout), or ``None`` to keep it."""
         return None
 
     def before_step(self, ctx: TrainingContext) -> None:
         return None
 
-    def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
+    def after_step(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> bool:
         return False
 
     def after_task(self, ctx: TrainingContext) -> None:
-        return None
-
-    def predict(self, ctx: TrainingContext, x: torch.Tensor, task_index: int) -> torch.Tensor | None:
         return None
 
     def report(self) -> dict[str, Any]:
@@ -291,7 +390,9 @@ class Strategy:
         """Tensors and JSON-serialisable values; nested dicts allowed (tensors go to safetensors)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
+        """Restore :meth:`state_dict` into a strategy built for the same run; ``ctx`` is that
+        run's context, its clock already at the checkpoint (tasks done: ``ctx.task_index``)."""
         return None
 
     # -- helpers -------------------------------------------------------------------------

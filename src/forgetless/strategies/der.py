@@ -49,7 +49,7 @@ from forgetless.strategies._buffer import (
     active_outputs,
     masked_logit_mse,
 )
-from forgetless.strategies.base import Batch, TrainingContext
+from forgetless.strategies.base import Batch, ModelOutput, TrainingContext
 
 
 class DERParams(BufferParams):
@@ -110,7 +110,7 @@ class DER(ReplayStrategy):
         if ctx.step == 0 and ctx.scenario.kind == "class" and self.params.fill_future_logits:
             self.fill_future_logits(ctx)
 
-    def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+    def loss(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor | None:
         self._before_loss(ctx)
         sample = self.draw(ctx)
         if sample is None:
@@ -132,7 +132,7 @@ class DERPlusPlus(DER):
     summary = "DER++: DER plus cross-entropy on a second buffer sample"
     Params: ClassVar[type[BaseModel]] = DERPPParams
 
-    def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+    def loss(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor | None:
         """Both buffer samples go through the model in one forward pass (same arithmetic as
         two passes, larger matrix products); eq. 6: alpha * MSE(x') + beta * CE(x'')."""
         self._before_loss(ctx)

@@ -88,3 +88,7 @@ class EWC(PenaltyStrategy):
 
     def after_task(self, ctx: TrainingContext) -> None:
         self.penalty.add_term(estimate_fisher(ctx, self.params), snapshot(ctx.model))
+
+    def expected_terms(self, tasks_done: int) -> int:
+        """One term per finished task (eq. 3's sum over tasks)."""
+        return tasks_done

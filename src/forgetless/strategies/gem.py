@@ -30,10 +30,8 @@ from forgetless.strategies import register
 from forgetless.strategies._buffer import (
     ReplayStrategy,
     Selection,
-    flat_gradient,
-    gradient_parameters,
 )
-from forgetless.strategies.base import Batch, TrainingContext
+from forgetless.strategies.base import Batch, FlatGradient, ParameterLayout, TrainingContext
 
 
 class GEMParams(BaseModel):
@@ -96,12 +94,12 @@ class GEM(ReplayStrategy):
     def groups(self, ctx: TrainingContext, labels: torch.Tensor) -> torch.Tensor:
         return torch.full_like(labels, ctx.task_index)
 
-    def task_gradients(self, ctx: TrainingContext) -> torch.Tensor:
-        """``[t, p]``: the gradient on each earlier task's memory (one forward, t backwards)."""
-        params = gradient_parameters(ctx.model)
+    def task_gradients(self, ctx: TrainingContext, layout: ParameterLayout) -> torch.Tensor:
+        """``[t, p]``: the gradient on each earlier task's memory in ``layout`` (one forward,
+        t backwards)."""
         index = self.buffer.candidates(before_task=ctx.task_index)
         if index is None or len(index) == 0:
-            return torch.zeros((0, sum(p.numel() for p in params)))
+            return torch.zeros((0, layout.numel))
         sample = self.buffer.take(index)
         replay = sample.to_batch(ctx)
         logits = ctx.model(replay.x, replay.task_ids)
@@ -110,13 +108,13 @@ class GEM(ReplayStrategy):
         for position, task in enumerate(tasks):
             mine = sample.tasks == task
             loss = F.cross_entropy(logits[mine], replay.y[mine])
-            rows.append(flat_gradient(loss, params, retain_graph=position < len(tasks) - 1))
+            rows.append(layout.gradient_of(loss, retain_graph=position < len(tasks) - 1))
         return torch.stack(rows)
 
-    def project_gradient(self, ctx: TrainingContext, batch: Batch, gradient: torch.Tensor) -> torch.Tensor | None:
+    def project_gradient(self, ctx: TrainingContext, batch: Batch, gradient: FlatGradient) -> torch.Tensor | None:
         if ctx.task_index == 0:
             return None
-        memories = self.task_gradients(ctx)
+        memories = self.task_gradients(ctx, gradient.layout)
         if memories.shape[0] == 0:
             return None
-        return gem_project(gradient, memories, self.params.memory_strength, self.params.eps)
+        return gem_project(gradient.vector, memories, self.params.memory_strength, self.params.eps)

@@ -27,7 +27,7 @@ from torch import nn
 
 from forgetless.strategies import register
 from forgetless.strategies._buffer import run_seed
-from forgetless.strategies.base import Batch, Strategy, TrainingContext
+from forgetless.strategies.base import Batch, ModelOutput, Strategy, TrainingContext
 
 
 class GenerativeReplayParams(BaseModel):
@@ -97,7 +97,6 @@ class GenerativeReplay(Strategy):
         self.previous_vae: VAE | None = None
         self.previous_solver: nn.Module | None = None
         self.previous_tasks = 0
-        self._pending_solver: dict[str, Any] | None = None
         return None
 
     def before_task(self, ctx: TrainingContext) -> None:
@@ -115,7 +114,6 @@ class GenerativeReplay(Strategy):
         return scaled.round_().clamp_(0, ctx.scenario.max_value).to(like.dtype)
 
     def replay_batch(self, ctx: TrainingContext, batch: Batch) -> Batch | None:
-        self._restore_solver(ctx)
         if self.previous_vae is None or self.previous_solver is None:
             return None
         n = self.params.replay_batch_size or ctx.config.batch_size
@@ -131,7 +129,7 @@ class GenerativeReplay(Strategy):
             labels = self.previous_solver(x, task_ids).argmax(dim=1)
         return Batch(x, labels, task_ids, raw if batch.raw is not None else None)
 
-    def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
+    def after_step(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> bool:
         """Train the generator on the step's inputs: current rows and replayed ones alike."""
         self.vae.train()
         x = batch.x.detach()
@@ -161,15 +159,12 @@ class GenerativeReplay(Strategy):
             "random": self.random.get_state(),
             "previous_tasks": self.previous_tasks,
         }
-        solver = self._pending_solver
-        if self.previous_solver is not None:
-            solver = self.previous_solver.state_dict()
-        if self.previous_vae is not None and solver is not None:
+        if self.previous_vae is not None and self.previous_solver is not None:
             state["previous_vae"] = self.previous_vae.state_dict()
-            state["previous_solver"] = solver
+            state["previous_solver"] = self.previous_solver.state_dict()
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
         self.vae.load_state_dict(state["vae"])
         optimizer = state["optimizer"]
         self.optimizer.load_state_dict(
@@ -183,11 +178,5 @@ class GenerativeReplay(Strategy):
         if "previous_vae" in state:
             self.previous_vae = _frozen(self.vae)
             self.previous_vae.load_state_dict(state["previous_vae"])
-            # the frozen solver has the learner's architecture: rebuilt at the next step
-            self._pending_solver = state["previous_solver"]
-
-    def _restore_solver(self, ctx: TrainingContext) -> None:
-        if self._pending_solver is not None:
-            self.previous_solver = _frozen(ctx.model)
-            self.previous_solver.load_state_dict(self._pending_solver)
-            self._pending_solver = None
+            self.previous_solver = _frozen(ctx.model)  # the learner's architecture, saved weights
+            self.previous_solver.load_state_dict(state["previous_solver"])

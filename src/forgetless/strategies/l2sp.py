@@ -95,7 +95,7 @@ class L2SP(PenaltyStrategy):
             "task_start": dict(self.task_start),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
+        super().load_state_dict(state, ctx)
         self.trained = set(state["trained"])
         self.task_start = {n: v.clone() for n, v in state["task_start"].items()}

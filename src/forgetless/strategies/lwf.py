@@ -11,9 +11,8 @@ across temperatures, Hinton et al. 2015; the KL equals the paper's modified cros
 to a constant). Which outputs:
 
 * multi-head (task-IL): every old head ``j < t`` on the current inputs, ``model(x, j)`` (with a
-  :class:`~forgetless.models.ContinualModel` the backbone features of the training forward are
-  reused, so each old head costs one head forward; if another forward ran in between, the
-  features are recomputed);
+  :class:`~forgetless.models.ContinualModel` the learner hands over the backbone features of
+  the training forward, ``output.features``, so each old head costs one head forward);
 * single head (class-/domain-IL): the outputs that were active in the old model (those not at
   ``INACTIVE_LOGIT``); outputs of classes that arrive with the new task are left out.
 
@@ -34,7 +33,7 @@ from torch import nn
 
 from forgetless.models import INACTIVE_LOGIT, ContinualModel
 from forgetless.strategies import register
-from forgetless.strategies.base import Batch, Strategy, TrainingContext
+from forgetless.strategies.base import Batch, ModelOutput, Strategy, TrainingContext
 
 
 class LwFParams(BaseModel):
@@ -55,27 +54,6 @@ def distillation(old_logits: torch.Tensor, new_logits: torch.Tensor, temperature
     return kl * temperature**2
 
 
-class _FeatureKeeper:
-    """Forward hook keeping the backbone's latest output (with its graph) for the old heads.
-
-    A deep copy of a hooked model (another strategy copying it) gets an empty keeper, so the
-    copy neither drags the features along nor writes into this one."""
-
-    def __init__(self) -> None:
-        self.inputs: torch.Tensor | None = None
-        self.features: torch.Tensor | None = None
-
-    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        self.inputs, self.features = inputs[0], output
-
-    def features_of(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The kept features if the latest forward was on ``x`` itself, else ``None``."""
-        return self.features if self.inputs is x else None
-
-    def __deepcopy__(self, memo: dict) -> _FeatureKeeper:
-        return _FeatureKeeper()
-
-
 @register
 class LwF(Strategy):
     name = "lwf"
@@ -87,40 +65,11 @@ class LwF(Strategy):
     def __init__(self, **params: Any):
         super().__init__(**params)
         self.old_model: nn.Module | None = None
-        self._keeper: _FeatureKeeper | None = None
-        self._hook: Any = None
-        self._pending: dict[str, torch.Tensor] | None = None
 
     def before_task(self, ctx: TrainingContext) -> None:
-        self._remove_hook()
-        self._pending = None
-        if ctx.task_index == 0:
-            return
-        self._freeze_copy(ctx)
+        self.old_model = None if ctx.task_index == 0 else _frozen_copy(ctx.model)
 
-    def _freeze_copy(self, ctx: TrainingContext) -> None:
-        """The old model := a frozen copy of the current one; hook the backbone (multi-head)."""
-        self.old_model = copy.deepcopy(ctx.model).eval()
-        for p in self.old_model.parameters():
-            p.requires_grad_(False)
-        model = ctx.model
-        if ctx.scenario.uses_task_id and isinstance(model, ContinualModel):
-            self._keeper = _FeatureKeeper()
-            self._hook = model.backbone.register_forward_hook(self._keeper)
-
-    def _remove_hook(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-        self._hook, self._keeper = None, None
-
-    def after_task(self, ctx: TrainingContext) -> None:
-        self._remove_hook()
-
-    def loss(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
-        if self._pending is not None:  # resumed from a checkpoint in the middle of a task
-            self._freeze_copy(ctx)
-            self.old_model.load_state_dict(self._pending)
-            self._pending = None
+    def loss(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor | None:
         if self.old_model is None or ctx.task_index == 0 or self.params.alpha == 0:
             return None
         rows = ctx.current_size or len(batch)
@@ -129,14 +78,12 @@ class LwF(Strategy):
         if not ctx.scenario.uses_task_id:
             with torch.no_grad():
                 old = self.old_model(x, None)
-            return self.params.alpha * distillation(old, logits[:rows], temperature)
+            return self.params.alpha * distillation(old, output.logits[:rows], temperature)
         model = ctx.model
-        features = self._keeper.features_of(batch.x) if self._keeper is not None else None
-        if features is not None:
-            features = features[:rows]
+        features = output.features[:rows] if output.features is not None else None
         with torch.no_grad():
             old_features = self.old_model.features(x) if isinstance(self.old_model, ContinualModel) else None
-        total = logits.new_zeros(())
+        total = output.logits.new_zeros(())
         for j in range(ctx.task_index):
             task_id = ctx.task_id(j)
             with torch.no_grad():
@@ -159,8 +106,17 @@ class LwF(Strategy):
             return {}
         return {"old_model": {k: v.clone() for k, v in self.old_model.state_dict().items()}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the frozen old model (built from the live model at the next training step)."""
-        self._remove_hook()
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
+        """Restore the frozen old model: a copy of the run's model holding the saved weights."""
         self.old_model = None
-        self._pending = dict(state["old_model"]) if "old_model" in state else None
+        if "old_model" in state:
+            self.old_model = _frozen_copy(ctx.model)
+            self.old_model.load_state_dict(state["old_model"])
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode that no gradient reaches."""
+    old = copy.deepcopy(model).eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    return old

@@ -56,6 +56,10 @@ class MAS(PenaltyStrategy):
     def penalty_scale(self, ctx: TrainingContext) -> float:
         return per_scenario(self.params.mas_lambda, LAMBDA_DEFAULTS, ctx.scenario.kind)
 
+    def expected_terms(self, tasks_done: int) -> int:
+        """One consolidated term once a task has finished."""
+        return min(tasks_done, 1)
+
     def after_task(self, ctx: TrainingContext) -> None:
         new = self.importance(
             ctx,
@@ -76,6 +80,6 @@ class MAS(PenaltyStrategy):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "tasks_seen": self.tasks_seen}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
+        super().load_state_dict(state, ctx)
         self.tasks_seen = int(state["tasks_seen"])

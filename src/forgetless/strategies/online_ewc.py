@@ -49,6 +49,10 @@ class OnlineEWC(PenaltyStrategy):
         """The running Fisher ``F*`` (``None`` before the first task ends)."""
         return self.penalty.term_dicts(0)[0] if self.penalty.terms else None
 
+    def expected_terms(self, tasks_done: int) -> int:
+        """One consolidated term once a task has finished."""
+        return min(tasks_done, 1)
+
     def after_task(self, ctx: TrainingContext) -> None:
         new = estimate_fisher(ctx, self.params)
         old = self.fisher

@@ -36,7 +36,7 @@ from forgetless.strategies._isolation import (
     set_trainable,
     weight_names,
 )
-from forgetless.strategies.base import Batch, TrainingContext
+from forgetless.strategies.base import Batch, ModelOutput, TrainingContext
 from forgetless.training.optim import build_optimizer
 
 
@@ -149,7 +149,7 @@ class PackNet(IsolationStrategy):
     def before_step(self, ctx: TrainingContext) -> None:
         self._mask_gradients(self._trainable_masks(self.model.free))
 
-    def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
+    def after_step(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> bool:
         self._restore(self._trainable_masks(self.model.free))
         return False
 
@@ -236,8 +236,8 @@ class PackNet(IsolationStrategy):
         state["kept_per_task"] = list(self.kept_per_task)
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
+        super().load_state_dict(state, ctx)
         self.capacity_left = list(state["capacity_left"])
         self.kept_per_task = list(state["kept_per_task"])
         for weight in self.weights():

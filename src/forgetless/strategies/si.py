@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from forgetless.strategies import register
 from forgetless.strategies._penalty import PenaltyStrategy, per_scenario, snapshot
-from forgetless.strategies.base import Batch, TrainingContext
+from forgetless.strategies.base import Batch, ModelOutput, TrainingContext
 
 C_DEFAULTS = {"task": 1000.0, "domain": 10.0, "class": 10.0}
 """Default ``c`` per scenario, from the validation search (docs/tuning-regularization.md)."""
@@ -76,7 +76,7 @@ class SI(PenaltyStrategy):
         self._tracked = None
 
     @torch.no_grad()
-    def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
+    def after_step(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> bool:
         if self._tracked is None:
             self._tracked = [(n, p) for n, p in ctx.model.named_parameters() if n in self.omega]
         own = self.penalty.last_half_gradient if self.penalty.terms else {}
@@ -101,6 +101,10 @@ class SI(PenaltyStrategy):
             )
         torch._foreach_copy_(previous, current)
         return False
+
+    def expected_terms(self, tasks_done: int) -> int:
+        """One consolidated term once a task has finished."""
+        return min(tasks_done, 1)
 
     def after_task(self, ctx: TrainingContext) -> None:
         end = snapshot(ctx.model)
@@ -133,7 +137,7 @@ class SI(PenaltyStrategy):
             "start": dict(self.start),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
+        super().load_state_dict(state, ctx)
         for key in ("omega", "previous", "start"):
             setattr(self, key, {n: v.clone() for n, v in state[key].items()})

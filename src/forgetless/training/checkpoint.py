@@ -34,7 +34,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from forgetless.errors import ForgetlessError
 from forgetless.io import atomic_folder, readable_folder, write_synced
 from forgetless.training.result import RunResult
+
+if TYPE_CHECKING:
+    from forgetless.training.learner import Learner
 
 FORMAT = "forgetless-checkpoint"
 VERSION = 2
@@ -269,6 +272,173 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
                 torch.cuda.set_rng_state_all(state["cuda"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
         raise CheckpointError(f"checkpoint RNG state is malformed: {error}") from None
+
+
+# -- the learner's state ----------------------------------------------------------------------
+@dataclass
+class ResumePoint:
+    """Where a mid-task checkpoint stopped: the rest of the task is replayed from here."""
+
+    task_index: int
+    epoch: int
+    position: int
+    """Index of the next batch in the epoch's permutation."""
+    order: torch.Tensor
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    rng: dict[str, Any]
+    elapsed: float
+
+    def restore(
+        self,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        generator: torch.Generator,
+        name: str,
+    ) -> None:
+        """Put a rebuilt task's optimizer, schedule and RNGs back where the checkpoint was."""
+        try:
+            optimizer.load_state_dict(self.optimizer)
+            if scheduler is not None and self.scheduler is not None:
+                scheduler.load_state_dict(self.scheduler)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"checkpoint optimizer state does not fit {name}: {error}") from None
+        restore_rng(self.rng, generator)
+
+
+def _rows(rows: list[np.ndarray] | None) -> list[torch.Tensor] | None:
+    return None if rows is None else [torch.from_numpy(np.asarray(r, dtype=np.float64)) for r in rows]
+
+
+def capture_learner(
+    learner: Learner,
+    in_task: dict[str, Any] | None = None,
+    order: torch.Tensor | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> dict[str, Any]:
+    """Everything needed to continue ``learner``'s run exactly (tensors and JSON values).
+
+    Between tasks (``in_task`` None) the next task starts afresh; inside a task the epoch, the
+    epoch's permutation ``order``, the next batch's position and the optimizer and schedule
+    states are kept too.
+    """
+    clock, result = learner.ctx.clock, learner.result
+    loop: dict[str, Any] = {
+        "task_index": clock.task_index if in_task else len(learner.rows),
+        "in_task": in_task is not None,
+        "step": clock.step,
+        "global_step": clock.global_step,
+        "active": learner.active,
+        "trainable": [p.requires_grad for p in learner.model.parameters()],
+        **(in_task or {}),
+    }
+    return {
+        "model": learner.model.state_dict(),
+        "strategy_names": [s.name for s in learner.strategies],
+        "strategies": [s.state_dict() for s in learner.strategies],
+        "optimizer": None
+        if optimizer is None
+        else {"optimizer": optimizer.state_dict(), "scheduler": None if scheduler is None else scheduler.state_dict()},
+        "loop": loop,
+        "order": order,
+        "rng": capture_rng(learner.generator),
+        "precision": learner.precision.state_dict(),
+        "result": {
+            "baseline": torch.from_numpy(np.asarray(result.baseline, dtype=np.float64)),
+            "rows": _rows(learner.rows),
+            "task_il_rows": _rows(learner.task_il_rows),
+            "train_seconds": list(result.train_seconds),
+            "eval_seconds": result.eval_seconds,
+            "steps": list(result.steps),
+            "stopped_early": [[k, v] for k, v in result.stopped_early.items()],
+        },
+    }
+
+
+def _check_active(learner: Learner, active: Any, task_index: int) -> None:
+    """A checkpoint's active-output count must lie between what the task has and the head."""
+    outputs = learner.scenario.active_outputs
+    if not isinstance(active, int) or not outputs:
+        return
+    low = outputs[min(task_index, len(outputs)) - 1] if task_index > 0 else 0  # at least the tasks done
+    high = max(outputs)
+    if not low <= active <= high:
+        raise CheckpointError(
+            f"checkpoint learner.json: loop.active is {active}, but at task {task_index} a class-IL "
+            f"head has {low} to {high} active outputs: the checkpoint was edited; start the run again"
+        )
+
+
+def _restore_weights(learner: Learner, state: dict[str, Any]) -> None:
+    """Strategies first (an architecture method may rebuild its model from its state, with the
+    clock already at the checkpoint), then the model weights and trainable flags."""
+    loop = state["loop"]
+    learner.ctx.advance(
+        task_index=loop["task_index"], step=loop["step"], global_step=loop["global_step"], epoch=loop.get("epoch", 0)
+    )
+    for strategy, strategy_state in zip(learner.strategies, state["strategies"], strict=True):
+        try:
+            strategy.load_state_dict(strategy_state, learner.ctx)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(
+                f"checkpoint strategies.json: the state of {strategy.name} does not fit: {error}"
+            ) from None
+    missing, unexpected = learner.model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint weights do not fit the model of {learner.name} (missing "
+            f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    for param, trainable in zip(learner.model.parameters(), loop["trainable"], strict=True):
+        param.requires_grad_(trainable)
+
+
+def restore_learner(learner: Learner, state: dict[str, Any]) -> ResumePoint | None:
+    """Restore :func:`capture_learner`'s ``state`` into a freshly built ``learner``.
+
+    Returns where a mid-task checkpoint stopped (the RNG states are restored when the loop
+    resumes there), or ``None`` between tasks (the RNG states are restored now).
+    """
+    names = [s.name for s in learner.strategies]
+    if state.get("strategy_names") != names:
+        raise CheckpointError(f"checkpoint holds strategies {state.get('strategy_names')}, this run has {names}")
+    try:
+        _restore_weights(learner, state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"checkpoint state does not fit {learner.name}: {type(error).__name__}: {error}"
+        ) from None
+    loop, result = state["loop"], state["result"]
+    learner.precision.load_state_dict(state.get("precision") or {})
+    if loop["active"] is not None:
+        _check_active(learner, loop["active"], loop["task_index"])
+        learner.set_active(loop["active"])
+    learner.result.baseline = result["baseline"].numpy()
+    learner.rows = [row.numpy() for row in result["rows"]]
+    task_il_rows = result.get("task_il_rows")
+    if learner.task_labels is None or (task_il_rows is None and learner.rows):
+        learner.task_il_rows = None  # not class-IL, or a checkpoint from before task-IL rows
+    else:
+        learner.task_il_rows = [row.numpy() for row in task_il_rows or []]
+    learner.result.train_seconds = list(result["train_seconds"])
+    learner.result.eval_seconds = float(result["eval_seconds"])
+    learner.result.steps = list(result["steps"])
+    learner.result.stopped_early = {int(k): int(v) for k, v in result["stopped_early"]}
+    if not loop["in_task"]:
+        restore_rng(state["rng"], learner.generator)
+        return None
+    optimizer = state["optimizer"] or {}
+    return ResumePoint(
+        task_index=loop["task_index"],
+        epoch=loop["epoch"],
+        position=loop["position"],
+        order=state["order"],
+        optimizer=optimizer.get("optimizer"),
+        scheduler=optimizer.get("scheduler"),
+        rng=state["rng"],
+        elapsed=float(loop["elapsed"]),
+    )
 
 
 # -- checkpoint folder ----------------------------------------------------------------------

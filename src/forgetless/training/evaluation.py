@@ -8,7 +8,7 @@ time, as Mammoth reports it beside its class-IL accuracy).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -16,26 +16,22 @@ from torch import nn
 
 from forgetless.data.scenarios import Scenario
 
-Predict = Callable[[torch.Tensor, int], torch.Tensor]
-
 
 def task_accuracies(
     model: nn.Module,
     scenario: Scenario,
     batch_size: int = 4096,
-    predict: Predict | None = None,
     tasks: list[int] | None = None,
     precision: str = "float32",
 ) -> np.ndarray:
     """Accuracy of ``model`` on the test set of each task in ``tasks`` (default: all).
 
     Inputs are scaled chunk by chunk from their compact form; correct counts stay on the device
-    until the end (one synchronisation per call). ``predict(x, task_index)`` replaces the
-    model's forward where a strategy changes evaluation-time behaviour. ``precision``
+    until the end (one synchronisation per call). ``precision``
     ``bfloat16``/``float16`` runs the forwards under autocast (faster, may flip near ties).
     The model is in eval mode meanwhile and back in its own mode afterwards, even on an error.
     """
-    return accuracy_rows(model, scenario, batch_size, predict, tasks, precision)[0]
+    return accuracy_rows(model, scenario, batch_size, tasks, precision)[0]
 
 
 @torch.inference_mode()
@@ -43,7 +39,6 @@ def accuracy_rows(
     model: nn.Module,
     scenario: Scenario,
     batch_size: int = 4096,
-    predict: Predict | None = None,
     tasks: list[int] | None = None,
     precision: str = "float32",
     task_labels: Sequence[torch.Tensor] | None = None,
@@ -62,7 +57,7 @@ def accuracy_rows(
     model.eval()
     try:
         with autocast:
-            correct = [_task_hits(model, scenario, i, batch_size, predict, labels[i]) for i in tasks]
+            correct = [_task_hits(model, scenario, i, batch_size, labels[i]) for i in tasks]
     finally:
         model.train(was_training)
     columns = 1 if task_labels is None else 2
@@ -77,7 +72,6 @@ def _task_hits(
     scenario: Scenario,
     index: int,
     batch_size: int,
-    predict: Predict | None,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Correct predictions on task ``index``'s test set, as a device tensor ``[class-IL]``, or
@@ -90,7 +84,7 @@ def _task_hits(
     for start in range(0, task.test_y.shape[0], batch_size):
         x = scenario.to_float(task.test_x[start : start + batch_size])
         y = task.test_y[start : start + batch_size]
-        logits = predict(x, index) if predict is not None else model(x, task_id)
+        logits = model(x, task_id)
         hits[0] += (logits.argmax(1) == y).sum()
         if own is not None:  # the argmax among the task's own outputs, mapped back to labels
             hits[1] += (own[logits.index_select(1, own).argmax(1)] == y).sum()

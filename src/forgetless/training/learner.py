@@ -17,7 +17,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -29,7 +28,16 @@ from torch import nn
 from forgetless.config import RunConfig
 from forgetless.data.scenarios import Scenario
 from forgetless.models.heads import IncrementalHead
-from forgetless.strategies.base import Batch, Strategy, TrainingContext, TrainingSet
+from forgetless.models.model import forward_with_features
+from forgetless.strategies.base import (
+    Batch,
+    FlatGradient,
+    ModelOutput,
+    ParameterLayout,
+    Strategy,
+    TrainingContext,
+    TrainingSet,
+)
 from forgetless.training import checkpoint as ckpt
 from forgetless.training.augment import crop_flip, default_padding
 from forgetless.training.evaluation import accuracy_rows
@@ -47,29 +55,15 @@ OnCheckpoint = Callable[[dict[str, Any]], None]
 _NEVER = sys.maxsize
 
 
-@dataclass
-class _ResumePoint:
-    """Where a mid-task checkpoint stopped: the rest of the task is replayed from here."""
-
-    task_index: int
-    epoch: int
-    position: int
-    """Index of the next batch in the epoch's permutation."""
-    order: torch.Tensor
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any] | None
-    rng: dict[str, Any]
-    elapsed: float
-
-
 _HOOKS = (
+    "resume_task",
     "training_set",
     "replay_batch",
+    "criterion",
     "loss",
     "project_gradient",
     "before_step",
     "after_step",
-    "predict",
 )
 
 
@@ -124,7 +118,9 @@ class Learner:
         """Set by the experiment: called with the state after every task and every
         ``config.checkpoint_every`` steps."""
         self._restored = False
-        self._resume: _ResumePoint | None = None
+        self.active: int | None = None
+        """Class-IL: the head's active outputs (the classes seen so far)."""
+        self._resume: ckpt.ResumePoint | None = None
         self._interrupted = False
         self._next_event = _NEVER
         self.nonfinite = NonFiniteWatch(self.device, self._nonfinite_message)
@@ -135,9 +131,11 @@ class Learner:
         return self.ctx.model
 
     # -- evaluation ----------------------------------------------------------------------
-    def _set_active_outputs(self, count: int | None) -> None:
+    def set_active(self, count: int | None) -> None:
+        """Class-IL: let the head's first ``count`` outputs compete (``None``: leave it)."""
         if count is None:
             return
+        self.active = count
         for module in self.model.modules():
             if isinstance(module, IncrementalHead):
                 module.set_active_outputs(count)
@@ -151,19 +149,10 @@ class Learner:
 
     def _evaluate(self, tasks: list[int] | None = None, task_il: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`evaluate`, and with ``task_il`` the task-IL row of a class-IL run (else ``None``)."""
-        predict = None
-        if self.hooks["predict"]:
-            strategy = self.hooks["predict"][0]
-
-            def predict(x: torch.Tensor, task_index: int) -> torch.Tensor:
-                out = strategy.predict(self.ctx, x, task_index)
-                return out if out is not None else self.model(x, self.ctx.task_id(task_index))
-
         return accuracy_rows(
             self.model,
             self.scenario,
             self.config.eval_batch_size,
-            predict,
             tasks=tasks,
             precision=self.config.eval_precision,
             task_labels=self.task_labels if task_il and self.task_il_rows is not None else None,
@@ -177,8 +166,7 @@ class Learner:
         """
         scenario = self.scenario
         if not self._restored:
-            first = scenario.active_outputs[0] if scenario.active_outputs else None
-            self._set_active_outputs(first)
+            self.set_active(scenario.active_outputs[0] if scenario.active_outputs else None)
             self.result.baseline = self.evaluate()
         for task_index in range(len(self.rows), scenario.num_tasks):
             self.train_task(task_index, progress)
@@ -196,22 +184,7 @@ class Learner:
         seen = scenario.active_outputs[task_index]
         if len(data):
             seen = max(seen, int(data.y.max()) + 1)
-        previous = getattr(self, "_active", 0)
-        self._active = max(seen, previous)
-        return self._active
-
-    def _check_active(self, active: Any, task_index: int) -> None:
-        """A checkpoint's active-output count must lie between what the task has and the head."""
-        outputs = self.scenario.active_outputs
-        if not isinstance(active, int) or not outputs:
-            return
-        low = outputs[min(task_index, len(outputs)) - 1] if task_index > 0 else 0  # at least the tasks done
-        high = max(outputs)
-        if not low <= active <= high:
-            raise ckpt.CheckpointError(
-                f"checkpoint learner.json: loop.active is {active}, but at task {task_index} a class-IL "
-                f"head has {low} to {high} active outputs: the checkpoint was edited; start the run again"
-            )
+        return max(seen, self.active or 0)
 
     def train_task(self, task_index: int, progress: Progress | None = None) -> None:
         """Train task ``task_index`` with every strategy's contribution, then evaluate."""
@@ -219,30 +192,33 @@ class Learner:
         task = scenario.tasks[task_index]
         resume, self._resume = self._resume, None
         if resume is None:
-            ctx.task_index, ctx.step, ctx.epoch = task_index, 0, 0
+            ctx.advance(task_index=task_index, step=0, epoch=0)
             for strategy in self.strategies:
                 strategy.before_task(ctx)
+        else:
+            for strategy in self.hooks["resume_task"]:
+                strategy.resume_task(ctx)
         data = TrainingSet(task.train_x, task.train_y, ctx.task_id(task_index))
         for strategy in self.hooks["training_set"]:
             data = strategy.training_set(ctx, data)
         if resume is None:
-            self._set_active_outputs(self._active_outputs_for(task_index, data))
+            self.set_active(self._active_outputs_for(task_index, data))
 
         started = time.perf_counter() - (resume.elapsed if resume else 0.0)
         epochs = config.epochs or 1
         n = len(data)
         steps_per_epoch = math.ceil(n / config.batch_size) if n else 0
         total = epochs * steps_per_epoch
-        ctx.steps_in_task = total
+        ctx.advance(steps_in_task=total)
         optimizer = build_optimizer(self.model, config)
         scheduler = build_scheduler(optimizer, config, total)
         if resume is not None:
-            self._restore_task(resume, optimizer, scheduler)
+            resume.restore(optimizer, scheduler, self.generator, self.name)
         self._schedule_next_event()
         stop = False
         self.model.train()
         for epoch in range(resume.epoch if resume else 0, epochs if n else 0):
-            ctx.epoch = epoch
+            ctx.advance(epoch=epoch)
             if resume is not None:
                 order, start, resume = resume.order.to(data.y.device), resume.position, None
             else:
@@ -316,129 +292,16 @@ class Learner:
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> dict[str, Any]:
-        """Everything needed to continue this run exactly (tensors and JSON values).
-
-        Between tasks (``in_task`` None) the next task starts afresh; inside a task the epoch,
-        the epoch's permutation ``order``, the next batch's position and the optimizer and
-        schedule states are kept too.
-        """
-        ctx, result = self.ctx, self.result
-        loop: dict[str, Any] = {
-            "task_index": ctx.task_index if in_task else len(self.rows),
-            "in_task": in_task is not None,
-            "step": ctx.step,
-            "global_step": ctx.global_step,
-            "active": getattr(self, "_active", None),
-            "trainable": [p.requires_grad for p in self.model.parameters()],
-            **(in_task or {}),
-        }
-        return {
-            "model": self.model.state_dict(),
-            "strategy_names": [s.name for s in self.strategies],
-            "strategies": [s.state_dict() for s in self.strategies],
-            "optimizer": None
-            if optimizer is None
-            else {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": None if scheduler is None else scheduler.state_dict(),
-            },
-            "loop": loop,
-            "order": order,
-            "rng": ckpt.capture_rng(self.generator),
-            "precision": self.precision.state_dict(),
-            "extras": dict(ctx.extras),
-            "result": {
-                "baseline": torch.from_numpy(np.asarray(result.baseline, dtype=np.float64)),
-                "rows": [torch.from_numpy(np.asarray(r, dtype=np.float64)) for r in self.rows],
-                "task_il_rows": None
-                if self.task_il_rows is None
-                else [torch.from_numpy(np.asarray(r, dtype=np.float64)) for r in self.task_il_rows],
-                "train_seconds": list(result.train_seconds),
-                "eval_seconds": result.eval_seconds,
-                "steps": list(result.steps),
-                "stopped_early": [[k, v] for k, v in result.stopped_early.items()],
-            },
-        }
+        """Everything needed to continue this run exactly (:func:`~.checkpoint.capture_learner`)."""
+        return ckpt.capture_learner(self, in_task, order, optimizer, scheduler)
 
     def load_checkpoint(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`checkpoint_state` into this freshly built learner; ``run()`` goes on.
-
-        Strategies are restored first (an architecture method may rebuild its model from its
-        state), then the model weights; the RNG states last, when the loop resumes.
-        """
-        names = [s.name for s in self.strategies]
-        if state.get("strategy_names") != names:
-            raise ckpt.CheckpointError(
-                f"checkpoint holds strategies {state.get('strategy_names')}, this run has {names}"
-            )
-        try:
-            for strategy, strategy_state in zip(self.strategies, state["strategies"]):
-                strategy.load_state_dict(strategy_state)
-            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-            if missing or unexpected:
-                raise ckpt.CheckpointError(
-                    f"checkpoint weights do not fit the model of {self.name} (missing "
-                    f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-                )
-            loop, result = state["loop"], state["result"]
-            for param, trainable in zip(self.model.parameters(), loop["trainable"], strict=True):
-                param.requires_grad_(trainable)
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise ckpt.CheckpointError(
-                f"checkpoint state does not fit {self.name}: {type(error).__name__}: {error}"
-            ) from None
-        ctx = self.ctx
-        ctx.task_index, ctx.step = loop["task_index"], loop["step"]
-        ctx.global_step, ctx.epoch = loop["global_step"], loop.get("epoch", 0)
-        ctx.extras.update(state.get("extras") or {})
-        self.precision.load_state_dict(state.get("precision") or {})
-        if loop["active"] is not None:
-            self._check_active(loop["active"], loop["task_index"])
-            self._active = loop["active"]
-            self._set_active_outputs(self._active)
-        self.result.baseline = result["baseline"].numpy()
-        self.rows = [row.numpy() for row in result["rows"]]
-        task_il_rows = result.get("task_il_rows")
-        if self.task_labels is None or (task_il_rows is None and self.rows):
-            self.task_il_rows = None  # not class-IL, or a checkpoint from before task-IL rows
-        else:
-            self.task_il_rows = [row.numpy() for row in task_il_rows or []]
-        self.result.train_seconds = list(result["train_seconds"])
-        self.result.eval_seconds = float(result["eval_seconds"])
-        self.result.steps = list(result["steps"])
-        self.result.stopped_early = {int(k): int(v) for k, v in result["stopped_early"]}
+        """Restore :meth:`checkpoint_state` into this freshly built learner; ``run()`` goes on
+        (:func:`~.checkpoint.restore_learner`)."""
+        self._resume = ckpt.restore_learner(self, state)
         if self.rows:
             self._finish_matrix()
         self._restored = True
-        if loop["in_task"]:
-            optimizer = state["optimizer"] or {}
-            self._resume = _ResumePoint(
-                task_index=loop["task_index"],
-                epoch=loop["epoch"],
-                position=loop["position"],
-                order=state["order"],
-                optimizer=optimizer.get("optimizer"),
-                scheduler=optimizer.get("scheduler"),
-                rng=state["rng"],
-                elapsed=float(loop["elapsed"]),
-            )
-        else:
-            ckpt.restore_rng(state["rng"], self.generator)
-
-    def _restore_task(
-        self,
-        resume: _ResumePoint,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    ) -> None:
-        """Put a rebuilt task's optimizer, schedule and RNGs back where the checkpoint was."""
-        try:
-            optimizer.load_state_dict(resume.optimizer)
-            if scheduler is not None and resume.scheduler is not None:
-                scheduler.load_state_dict(resume.scheduler)
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise ckpt.CheckpointError(f"checkpoint optimizer state does not fit {self.name}: {error}") from None
-        ckpt.restore_rng(resume.rng, self.generator)
 
     def _finish_matrix(self) -> None:
         self.result.matrix = np.stack(self.rows)
@@ -461,16 +324,16 @@ class Learner:
         raw = data.x[index]
         task_ids = data.task_ids if not isinstance(data.task_ids, torch.Tensor) else data.task_ids[index]
         batch = Batch(ctx.training_inputs(raw), data.y[index], task_ids, raw)
-        ctx.current_size = len(batch)
+        ctx.advance(current_size=len(batch))
         for strategy in hooks["replay_batch"]:
             extra = strategy.replay_batch(ctx, batch)
             if extra is not None and len(extra):
                 batch = batch.concat(extra)
         with self.precision.autocast():
-            logits = model(batch.x, batch.task_ids)
-            loss = F.cross_entropy(logits, batch.y)
+            output = ModelOutput(*forward_with_features(model, batch.x, batch.task_ids))
+            loss = self._base_loss(batch, output)
             for strategy in hooks["loss"]:
-                term = strategy.loss(ctx, batch, logits)
+                term = strategy.loss(ctx, batch, output)
                 if term is not None:
                     loss = loss + term
         self.nonfinite.watch(loss.detach(), ctx.step)
@@ -483,12 +346,19 @@ class Learner:
         self.precision.step(optimizer)
         if scheduler is not None:
             scheduler.step()
-        ctx.step += 1
-        ctx.global_step += 1
+        ctx.advance(step=ctx.step + 1, global_step=ctx.global_step + 1)
         stop = False
         for strategy in hooks["after_step"]:
-            stop = bool(strategy.after_step(ctx, batch, logits)) or stop
+            stop = bool(strategy.after_step(ctx, batch, output)) or stop
         return stop
+
+    def _base_loss(self, batch: Batch, output: ModelOutput) -> torch.Tensor:
+        """The first ``criterion`` hook's loss, else cross-entropy over the whole batch."""
+        for strategy in self.hooks["criterion"]:
+            loss = strategy.criterion(self.ctx, batch, output)
+            if loss is not None:
+                return loss
+        return F.cross_entropy(output.logits, batch.y)
 
     def _nonfinite_message(self, step: int, value: float) -> str:
         return (
@@ -499,14 +369,11 @@ class Learner:
 
     def _project(self, batch: Batch) -> None:
         """Flatten the gradient, let each strategy edit it in turn, write it back."""
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        layout = ParameterLayout([p for p in self.model.parameters() if p.grad is not None])
+        flat = layout.flatten([p.grad for p in layout.params])
         for strategy in self.hooks["project_gradient"]:
-            edited = strategy.project_gradient(self.ctx, batch, flat)
+            edited = strategy.project_gradient(self.ctx, batch, FlatGradient(flat, layout))
             if edited is not None:
                 flat = edited
-        offset = 0
-        for p in params:
-            size = p.numel()
-            p.grad.copy_(flat[offset : offset + size].view_as(p))
-            offset += size
+        for param, part in zip(layout.params, layout.split(flat), strict=True):
+            param.grad.copy_(part)

@@ -19,7 +19,7 @@ import torch
 
 from forgetless.config import RunConfig
 from forgetless.errors import ConfigError
-from forgetless.strategies.base import Batch, Strategy, TrainingContext
+from forgetless.strategies.base import Batch, ModelOutput, Strategy, TrainingContext
 from forgetless.training.brake import StopRule
 from forgetless.training.checkpoint import CheckpointError
 from forgetless.training.evaluation import task_accuracies
@@ -58,14 +58,10 @@ class GradualUnfreezing(Strategy):
         self.unfrozen_at: list[list[int]] = []
         self._names: dict[int, str] = {}
         """Name of every model parameter by ``id`` (checkpoints name the frozen levels)."""
-        self._frozen_names: list[list[str]] | None = None
-        """Levels still frozen in a loaded checkpoint, by parameter name, until resolved
-        against the model (the first hook after the resume)."""
 
     def before_task(self, ctx: TrainingContext) -> None:
         groups = layer_groups(ctx.model)
         self._names = {id(p): n for n, p in ctx.model.named_parameters()}
-        self._frozen_names = None
         self.frozen = []
         for group in groups[:-1][::-1]:  # the level below the head first
             mine = [p for p in group if p.requires_grad]
@@ -75,8 +71,7 @@ class GradualUnfreezing(Strategy):
             self.frozen.append(mine)
         self.unfrozen_at.append([])
 
-    def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
-        self._resolve_loaded(ctx)
+    def after_step(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> bool:
         if ctx.step % self.every == 0 and self.frozen:
             for p in self.frozen.pop(0):
                 p.requires_grad_(True)
@@ -84,48 +79,37 @@ class GradualUnfreezing(Strategy):
         return False
 
     def after_task(self, ctx: TrainingContext) -> None:
-        self._resolve_loaded(ctx)
         for group in self.frozen:
             for p in group:
                 p.requires_grad_(True)
         self.frozen = []
 
-    def _resolve_loaded(self, ctx: TrainingContext) -> None:
-        """Turn the frozen levels of a loaded checkpoint (names) into the model's parameters."""
-        if self._frozen_names is None:
-            return
-        params = dict(ctx.model.named_parameters())
-        missing = [n for level in self._frozen_names for n in level if n not in params]
-        if missing:
-            raise CheckpointError(f"checkpoint of gradual unfreezing names parameters this model lacks ({missing[:3]})")
-        self.frozen = [[params[n] for n in level] for level in self._frozen_names]
-        self._names = {id(p): n for n, p in params.items()}
-        self._frozen_names = None
-
     def report(self) -> dict[str, Any]:
         return {"every": self.every, "unfrozen_at_steps": [list(s) for s in self.unfrozen_at]}
 
     def state_dict(self) -> dict[str, Any]:
-        if self._frozen_names is not None:  # loaded, not resolved yet: unchanged
-            frozen = [list(level) for level in self._frozen_names]
-        else:
-            frozen = [[self._names[id(p)] for p in level] for level in self.frozen]
+        frozen = [[self._names[id(p)] for p in level] for level in self.frozen]
         return {
             "levels_frozen": len(frozen),
             "frozen": frozen,
             "unfrozen_at": [list(s) for s in self.unfrozen_at],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
+        """The levels still frozen mid-task, by name, resolved against ``ctx.model`` (none
+        between tasks; the learner does not call ``before_task`` again on a mid-task resume)."""
         self.unfrozen_at = [list(s) for s in state["unfrozen_at"]]
-        # levels still frozen mid-task: resolved against the model by the next hook (the
-        # learner skips before_task on a mid-task resume); none between tasks
-        self.frozen = []
-        self._frozen_names = [list(level) for level in state.get("frozen", [])] or None
+        params = dict(ctx.model.named_parameters())
+        levels = [list(level) for level in state.get("frozen", [])]
+        missing = [n for level in levels for n in level if n not in params]
+        if missing:
+            raise CheckpointError(f"checkpoint of gradual unfreezing names parameters this model lacks ({missing[:3]})")
+        self.frozen = [[params[n] for n in level] for level in levels]
+        self._names = {id(p): n for n, p in params.items()}
 
 
 def _test_accuracies(ctx: TrainingContext, tasks: list[int]) -> np.ndarray:
-    """As the accuracy matrix is evaluated (the learner's ``predict`` hooks and precision)."""
+    """As the accuracy matrix is evaluated (the learner's evaluation, its precision)."""
     if ctx.accuracies is not None:
         return ctx.accuracies(tasks)
     return task_accuracies(
@@ -222,10 +206,10 @@ class SafetyBrake(Strategy):
             if len(others) != len(self.best_strategies):
                 raise RuntimeError("safety brake: the run's strategies changed during the task")
             for strategy, state in zip(others, self.best_strategies):
-                strategy.load_state_dict(_copy_tree(state))
+                strategy.load_state_dict(_copy_tree(state), ctx)
         ctx.model.load_state_dict(self.best)
 
-    def after_step(self, ctx: TrainingContext, batch: Batch, logits: torch.Tensor) -> bool:
+    def after_step(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> bool:
         if self.reference is None or (ctx.step % self.eval_every and ctx.step != ctx.steps_in_task):
             return False
         earlier, new = self._scores(ctx)
@@ -272,7 +256,7 @@ class SafetyBrake(Strategy):
             state["best_strategies"] = self.best_strategies
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
         self.reference = state["reference"]
         self.best_step = state["best_step"]
         self.best_score = state.get("best_score")
