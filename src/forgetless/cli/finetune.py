@@ -108,8 +108,52 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-RESUME_OPTIONS = ("resume", "out", "threads", "save_model", "quiet")
+RESUME_OPTIONS = ("resume", "out", "threads", "save_model", "merge_lora", "quiet")
 """What ``--resume`` may be given with (none changes the results); the rest is read from DIR."""
+
+NOT_IN_CONFIG = ("config", "resume")
+"""Options a ``--config`` file cannot hold."""
+
+
+def _config_defaults(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """``--config FILE.yaml`` (eager): its keys become the defaults of the options (click's
+    ``default_map``), so every flag given on the command line overrides them."""
+    if value is None:
+        return value
+    import difflib
+
+    from forgetless.config import load_config_file
+
+    options = {p.name: p for p in ctx.command.params if p.name and p.name not in NOT_IN_CONFIG}
+    spelled = {name.rstrip("_"): name for name in options}  # set_ is "set"
+    defaults: dict[str, Any] = {}
+    for key, item in load_config_file(value).items():
+        name = spelled.get(key.replace("-", "_"))
+        if name is None:
+            close = difflib.get_close_matches(key.replace("-", "_"), list(spelled), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(
+                f"config file {value}: unknown option {key!r}: {hint}keys are the options of forgetless finetune --help"
+            )
+        defaults[name] = _config_value(options[name], name, item)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _config_value(option: Any, name: str, item: Any) -> Any:
+    """A YAML value as the flag takes it: a list for a repeated option (``set`` also as a
+    mapping ``{ewc: {ewc_lambda: 100}}``), a comma (``strategies``: ``+``) list joined otherwise."""
+    if name == "set_" and isinstance(item, dict):
+        return [
+            f"{strategy}.{field}={value}"
+            for strategy, values in item.items()
+            for field, value in (values.items() if isinstance(values, dict) else [("", values)])
+        ]
+    if getattr(option, "multiple", False):
+        return [str(v) for v in item] if isinstance(item, list) else [str(item)]
+    if isinstance(item, list):
+        return ("+" if name == "strategies" else ",").join(str(v) for v in item)
+    return item
 
 
 def finetune(
@@ -132,9 +176,15 @@ def finetune(
     seq_len: int = typer.Option(128, help="tokens per sequence"),
     lr: float = typer.Option(5e-5, help="learning rate"),
     weight_decay: float = typer.Option(0.0, help="AdamW weight decay"),
-    lora: bool = typer.Option(False, "--lora", help="train LoRA adapters (peft); base weights untouched"),
-    lora_r: int = typer.Option(8, help="LoRA rank"),
-    lora_targets: Optional[str] = typer.Option(None, help="LoRA target modules, e.g. query,value"),
+    lora: bool = typer.Option(False, "--lora", help="= --peft lora"),
+    peft: str = typer.Option(
+        "none", help="parameter-efficient method (peft): none | lora | dora | prefix | prompt | ia3; base frozen"
+    ),
+    lora_r: int = typer.Option(8, help="LoRA/DoRA rank"),
+    lora_alpha: float = typer.Option(16.0, help="LoRA/DoRA alpha (the update is scaled by alpha / r)"),
+    lora_targets: Optional[str] = typer.Option(None, help="LoRA/DoRA/IA3 target modules, e.g. query,value"),
+    peft_tokens: int = typer.Option(20, help="virtual tokens of --peft prefix | prompt"),
+    grad_accum: int = typer.Option(1, help="gradient accumulation: batches summed per optimizer step"),
     strategies: Optional[str] = typer.Option(
         None, help="core strategies to run, e.g. l2sp+ewc+replay (forgetless list; replay mixes general rows)"
     ),
@@ -147,12 +197,14 @@ def finetune(
     layerwise_lr_decay: float = typer.Option(1.0, help="lr factor per layer going down (1 = off)"),
     warmup_steps: int = typer.Option(0, help="linear warmup steps"),
     unfreeze_every: int = typer.Option(0, help="gradual unfreezing period in steps (0 = off)"),
-    stop_if_drop: Optional[float] = typer.Option(
+    stop_if_drop: Optional[str] = typer.Option(
         None,
-        help="stop and restore the best weights when a capability drops more than this",
+        help="stop and restore the best weights when a capability drops more than this: D for all, or "
+        "KIND=D,NAME=D (e.g. perplexity=0.2,choice=0.05); perplexity drops are relative, accuracy drops absolute",
     ),
     eval_every: int = typer.Option(20, help="steps between capability evaluations"),
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 needs a GPU)"),
+    bf16: bool = typer.Option(False, "--bf16", help="= --precision bf16"),
     checkpoint_every: Optional[int] = typer.Option(
         None, help="steps between checkpoints in OUT/checkpoint (default: --eval-every; 0 = none)"
     ),
@@ -164,10 +216,20 @@ def finetune(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     out: Optional[Path] = typer.Option(None, help="report folder (and its checkpoint)"),
     save_model: bool = typer.Option(False, "--save-model", help="also save the fine-tuned model to OUT/model"),
+    merge_lora: bool = typer.Option(
+        False, "--merge-lora", help="with --save-model: save the adapters merged into a plain model (lora|dora|ia3)"
+    ),
     force: bool = typer.Option(False, "--force", help="overwrite a report already in --out"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     resume: Optional[Path] = typer.Option(
         None, "--resume", help="continue the killed fine-tune in this folder from its checkpoint (its options)"
+    ),
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        is_eager=True,
+        callback=_config_defaults,
+        help="YAML file of options (keys as the flags: lora_alpha or lora-alpha); flags given override it",
     ),
 ) -> None:
     """Fine-tune a transformer on a task while measuring (and limiting) what it forgets.
@@ -188,11 +250,12 @@ def finetune(
     if resume is not None:
         _refuse_options_with_resume(ctx, resume, out)
         cfg = _saved_config(resume)
+        _check_merge(cfg, save_model, merge_lora)
         if not threads and cfg.threads:  # the same float sums as before the kill
             import torch
 
             torch.set_num_threads(cfg.threads)
-        _finetune(cfg, resume, save_model, quiet, resume=True)
+        _finetune(cfg, resume, save_model, quiet, resume=True, merge=merge_lora)
         return
     for name, value in (("model", model), ("task", task), ("out", out)):
         if value is None:
@@ -206,7 +269,6 @@ def finetune(
             "ewc": ewc,
             "replay-ratio": replay_ratio,
             "layerwise-lr-decay": layerwise_lr_decay,
-            "stop-if-drop": stop_if_drop,
         },
     )
     try:
@@ -224,8 +286,12 @@ def finetune(
             lr=lr,
             weight_decay=weight_decay,
             lora=lora,
+            peft=peft,
+            peft_tokens=peft_tokens,
             lora_r=lora_r,
+            lora_alpha=lora_alpha,
             lora_targets=_split(lora_targets),
+            grad_accum=grad_accum,
             strategies=[strategies] if strategies else [],
             params=parse_assignments(set_),
             l2sp=l2sp,
@@ -239,7 +305,7 @@ def finetune(
             stop_if_drop=stop_if_drop,
             eval_every=eval_every,
             checkpoint_every=checkpoint_every,
-            precision=precision,
+            precision=_precision(precision, bf16),
             threads=threads or None,
             eval_size=eval_size,
             choice_size=choice_size,
@@ -251,13 +317,46 @@ def finetune(
         first = error.errors()[0]
         raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     assert out is not None
-    _finetune(cfg, out, save_model, quiet, force=force)
+    cfg.peft_kind()  # --lora with another --peft: one line now
+    _check_merge(cfg, save_model, merge_lora)
+    _finetune(cfg, out, save_model, quiet, force=force, merge=merge_lora)
 
 
-def _finetune(cfg: Any, out: Path, save_model: bool, quiet: bool, force: bool = False, resume: bool = False) -> None:
+def _precision(precision: str, bf16: bool) -> str:
+    """``--bf16`` is ``--precision bf16``; with another ``--precision`` it is one line."""
+    if bf16 and precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--bf16 and --precision {precision} disagree: give one")
+    return "bf16" if bf16 else precision
+
+
+def _check_merge(cfg: Any, save_model: bool, merge: bool) -> None:
+    """``--merge-lora`` before any training: it needs --save-model and a mergeable PEFT method."""
+    from forgetless.integrations.hf.finetune import MERGEABLE
+
+    if not merge:
+        return
+    if not save_model:
+        raise ConfigError("--merge-lora saves the merged model: add --save-model")
+    kind = cfg.peft_kind()
+    if kind not in MERGEABLE:
+        what = "no adapter (a full fine-tune saves a plain model already)" if kind == "none" else "no weights to fold"
+        raise ConfigError(
+            f"--merge-lora: --peft {kind} has {what}; merge needs --peft {' | '.join(MERGEABLE)}, or drop --merge-lora"
+        )
+
+
+def _finetune(
+    cfg: Any,
+    out: Path,
+    save_model: bool,
+    quiet: bool,
+    force: bool = False,
+    resume: bool = False,
+    merge: bool = False,
+) -> None:
     """Run (or resume) the fine-tune with checkpoints in ``out``, then write the report there."""
     from forgetless.integrations.hf import resume as resuming
-    from forgetless.integrations.hf.finetune import check_out, run_finetune, write_report
+    from forgetless.integrations.hf.finetune import check_out, run_finetune, save_finetuned, write_report
     from forgetless.training.checkpoint import Interrupted
 
     check_out(out, save_model, force=force or resume)  # resumed: it holds the checkpoint; still writable?
@@ -276,13 +375,16 @@ def _finetune(cfg: Any, out: Path, save_model: bool, quiet: bool, force: bool = 
             f"the last checkpoint is in {folder}; continue with `forgetless finetune --resume {out}`"
         ) from None
     name = summary["run"]
-    if save_model:
-        summary["_model"].save_pretrained(out / "model")
-        summary["_tokenizer"].save_pretrained(out / "model")
     write_report({name: summary}, out)
+    if save_model:  # after the report: a failing save loses no figure
+        save_finetuned(summary, out / "model", merge=merge)
     resuming.remove(out)  # the report is there: the checkpoint is needed no more
     console.print(results_table({name: summary}, f"{cfg.model} → {cfg.task_name()}"))
-    console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, capability_curves.png)")
+    if summary.get("note"):
+        console.print(f"[yellow]note:[/] {summary['note']}")
+    for warning in summary.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, report.md, capability_curves.png)")
 
 
 def _refuse_options_with_resume(ctx: typer.Context, folder: Path, out: Optional[Path]) -> None:
@@ -308,14 +410,14 @@ def _saved_config(folder: Path) -> Any:
     """The validated FinetuneConfig of ``folder``'s checkpoint (its manifest verified first)."""
     from pydantic import ValidationError
 
-    from forgetless.integrations.hf.finetune import FinetuneConfig
+    from forgetless.integrations.hf.finetune import ADDED_FIELDS, FinetuneConfig
     from forgetless.integrations.hf.resume import read_config
     from forgetless.io import check_path_length
     from forgetless.training.checkpoint import CHECKPOINT, _invalid, _schema_error
 
     check_path_length(folder, "--resume", extra=0, error=ConfigError)
     values = read_config(folder)
-    missing = [name for name in FinetuneConfig.model_fields if name not in values]
+    missing = [name for name in FinetuneConfig.model_fields if name not in values and name not in ADDED_FIELDS]
     if missing:  # a default would silently replace what the run used
         raise _invalid(folder / CHECKPOINT, "config.json", f"{', '.join(missing)}: field required")
     try:

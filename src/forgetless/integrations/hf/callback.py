@@ -2,10 +2,14 @@
 
 Every ``eval_every`` optimizer steps it evaluates the tracker's capabilities. With
 ``stop_if_drop`` set it keeps an in-memory copy of the trainable weights at the best acceptable
-evaluation (every capability's drop ``<= stop_if_drop``; among those the best new-task metric,
-or the latest when there is none) and, at the first evaluation where some capability drops by
-more than the threshold, stops training and restores that copy (evaluation-driven stopping, a
-form of early stopping: Prechelt 1998, applied to the old capabilities instead of validation loss).
+evaluation (every capability's drop within its threshold; among those the best new-task
+metric, or the latest when there is none) and, at the first evaluation where some capability
+drops by more than its threshold, stops training and restores that copy (evaluation-driven
+stopping, a form of early stopping: Prechelt 1998, applied to the old capabilities instead of
+validation loss). ``stop_if_drop`` is one number for every capability or one per kind / full
+name (``"perplexity=0.2,choice=0.05"`` or ``{"perplexity": 0.2, "choice": 0.05}``:
+:func:`~forgetless.training.brake.parse_thresholds`); a drop is relative for perplexity and
+absolute for accuracies (:mod:`~forgetless.integrations.hf.capabilities.base`).
 
 **Logs.** Every evaluation goes through ``Trainer.log`` (so into ``trainer.state.log_history``
 and every ``report_to`` integration) at its step as ``keep/<capability>`` (the metric),
@@ -49,9 +53,8 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from forgetless.errors import ConfigError
 from forgetless.integrations.hf.tracker import CapabilityTracker
-from forgetless.training.brake import StopRule
+from forgetless.training.brake import StopRule, parse_thresholds
 
 Listener = Callable[[dict[str, Any]], None]
 STATE_NAME = "forgetless_callback"
@@ -68,14 +71,16 @@ class ForgettingCallback(TrainerCallback):
     def __init__(
         self,
         tracker: CapabilityTracker,
-        stop_if_drop: float | None = None,
+        stop_if_drop: float | str | dict[str, float] | None = None,
         restore_best: bool = True,
         listeners: list[Listener] | None = None,
     ) -> None:
-        if stop_if_drop is not None and stop_if_drop < 0:
-            raise ConfigError(f"stop_if_drop must be >= 0, got {stop_if_drop}")
         self.tracker = tracker
-        self.stop_if_drop = stop_if_drop
+        self.stop_if_drop = parse_thresholds(stop_if_drop)
+        self.rule = StopRule(self.stop_if_drop)
+        self.rule.check_names([c.name for c in tracker.capabilities])
+        self.stopped_by: list[dict[str, float | str]] = []
+        """Each capability past its threshold at the stop: ``capability``, ``drop``, ``threshold``."""
         self.restore_best = restore_best
         self.listeners = list(listeners or [])
         self.stopped_at: int | None = None
@@ -100,8 +105,8 @@ class ForgettingCallback(TrainerCallback):
         return self.stop_if_drop is not None and self.restore_best
 
     def acceptable(self, record: dict[str, Any]) -> bool:
-        """Every kept capability within ``stop_if_drop`` (:class:`~forgetless.training.brake.StopRule`)."""
-        return StopRule(self.stop_if_drop).acceptable(record["drops"])
+        """Every kept capability within its ``stop_if_drop`` (:class:`~forgetless.training.brake.StopRule`)."""
+        return self.rule.acceptable(record["drops"])
 
     def _better(self, record: dict[str, Any]) -> bool:
         task = self.tracker.task
@@ -169,6 +174,10 @@ class ForgettingCallback(TrainerCallback):
             return
         if self.stop_if_drop is not None:
             self.stopped_at = record["step"]
+            self.stopped_by = [
+                {"capability": name, "drop": drop, "threshold": limit}
+                for name, drop, limit in self.rule.crossed(record["drops"])
+            ]
             control.should_training_stop = True
             event = {"forget/stopped_at_step": record["step"]}
             if self.guarding and self.best_weights is not None:
@@ -343,12 +352,14 @@ class ForgettingCallback(TrainerCallback):
             else None
         )
         out["stop_if_drop"] = self.stop_if_drop
+        out["stopped_by"] = list(self.stopped_by)
         return out
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "tracker": self.tracker.state_dict(),
             "stopped_at": self.stopped_at,
+            "stopped_by": self.stopped_by,
             "best_record": self.best_record,
             "best_weights": self.best_weights,
             "final_record": self.final_record,
@@ -357,6 +368,7 @@ class ForgettingCallback(TrainerCallback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tracker.load_state_dict(state["tracker"])
         self.stopped_at = state["stopped_at"]
+        self.stopped_by = list(state.get("stopped_by", []))
         self.best_record = state["best_record"]
         self.best_weights = state["best_weights"]
         self.final_record = state["final_record"]

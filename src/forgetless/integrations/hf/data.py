@@ -10,7 +10,8 @@ Python itself, so demos and tests run without a dataset host:
 - ``builtin:python-code``  the source of Python's standard library.
 
 Multiple-choice items (:func:`load_choices`, for the ``choice`` capability) come from JSONL files
-(``{"context": ..., "choices": [...], "answer": 0}``, the shape of HellaSwag, ARC, PIQA, ...) or
+(rows in the HellaSwag, ARC, PIQA or MMLU shape, prompted as lm-evaluation-harness prompts them,
+or ``{"context": ..., "choices": [...], "answer": 0}``: :data:`CHOICE_SHAPES`) or
 ``builtin:kjv-word-order``: verse endings of the held-out half of the King James Bible, the true
 one among three shufflings of its words (a BLiMP-style grammaticality test).
 
@@ -32,6 +33,7 @@ import importlib.util
 import io
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -765,38 +767,154 @@ def python_version_tag() -> str:
 CONTEXT_KEYS = ("context", "question", "query", "prompt", "ctx")
 CHOICE_KEYS = ("choices", "endings", "options")
 ANSWER_KEYS = ("answer", "label", "gold")
+CHOICE_SHAPES = (
+    "generic {context|question|query|prompt|ctx, choices|endings|options, answer|label|gold}",
+    "HellaSwag {ctx_a, ctx_b (or ctx), endings, label}",
+    "ARC {question, choices: {text, label}, answerKey}",
+    "PIQA {goal, sol1, sol2, label}",
+    "MMLU {question, choices, answer}",
+)
+"""The row shapes :func:`load_choices` detects (first match: ARC, PIQA, HellaSwag, MMLU, generic)."""
+QUESTION_PROMPT = "Question: {question}\nAnswer:"
+"""lm-evaluation-harness's ``doc_to_text`` of ARC, PIQA and ``mmlu_continuation``."""
+MMLU_FORMATS = ("continuation", "letters")
+"""``continuation``: the choice texts after :data:`QUESTION_PROMPT` (the harness's
+``mmlu_continuation``); ``letters``: the question, the lettered options and ``Answer:``, the
+choices ``A``, ``B``, ... (the harness's default ``mmlu`` task)."""
 
 
 @dataclass
 class ChoiceItem:
-    """A context, its candidate continuations and the index of the right one."""
+    """A context, its candidate continuations and the index of the right one.
+
+    ``target_delimiter``: the row's own delimiter between context and choice (a
+    ``target_delimiter`` field), ``None`` for the capability's (lm-evaluation-harness: ``" "``);
+    ``shape``: the detected row shape (``generic``, ``hellaswag``, ``arc``, ``piqa``, ``mmlu``).
+    """
 
     context: str
     choices: list[str]
     answer: int
+    target_delimiter: str | None = None
+    shape: str = "generic"
 
 
-def _choice_item(row: object, where: str) -> ChoiceItem:
-    if not isinstance(row, dict):
-        raise DataError(f'{where}: expected an object like {{"context": ..., "choices": [...], "answer": 0}}')
-    found = {group[0]: next((k for k in group if k in row), None) for group in (CONTEXT_KEYS, CHOICE_KEYS, ANSWER_KEYS)}
-    missing = [name for name, key in found.items() if key is None]
-    if missing:
-        raise DataError(f"{where}: no {' / '.join(missing)} field (found {', '.join(map(str, row)) or 'none'})")
-    context, choices, answer = row[found["context"]], row[found["choices"]], row[found["answer"]]
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-        raise DataError(f"{where}: choices must be a list of at least two strings")
-    if isinstance(answer, str) and not answer.lstrip("-").isdigit():
-        if answer not in choices:
-            raise DataError(f"{where}: answer {answer!r} is not one of the choices")
-        answer = choices.index(answer)
-    try:
-        index = int(answer)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: answer must be a choice index or the answer text, got {answer!r}") from None
+def hellaswag_preprocess(text: str) -> str:
+    """lm-evaluation-harness's HellaSwag text cleaning (``tasks/hellaswag/utils.py``): strip,
+    `` [title]`` -> ``". "``, drop the other ``[...]`` WikiHow artefacts, fold double spaces."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def choice_shape(row: Mapping) -> str | None:
+    """The shape of a multiple-choice row (:data:`CHOICE_SHAPES`), ``None`` when none fits."""
+    if "answerKey" in row and isinstance(row.get("choices"), Mapping):
+        return "arc"
+    if {"goal", "sol1", "sol2"} <= set(row):
+        return "piqa"
+    if "endings" in row and "label" in row and ("ctx_a" in row or "ctx" in row):
+        return "hellaswag"
+    if "question" in row and isinstance(row.get("choices"), list) and "answer" in row:
+        return "mmlu"
+    if all(any(k in row for k in group) for group in (CONTEXT_KEYS, CHOICE_KEYS, ANSWER_KEYS)):
+        return "generic"
+    return None
+
+
+def _answer_index(answer: object, choices: list[str], where: str, labels: list[str] | None = None) -> int:
+    """A 0-based index from an index (int or digit string), one of ``labels`` (ARC's
+    ``answerKey``), a choice's text, or a capital letter (``"B"`` -> 1)."""
+    index: int | None = None
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        index = answer
+    elif isinstance(answer, str):
+        text = answer.strip()
+        if labels is not None and answer in labels:
+            index = labels.index(answer)
+        elif text.lstrip("-").isdigit():
+            index = int(text)
+        elif answer in choices:
+            index = choices.index(answer)
+        elif len(text) == 1 and "A" <= text <= "Z":
+            index = ord(text) - ord("A")
+        else:
+            raise DataError(f"{where}: answer {answer!r} is not one of the choices, an index or a letter A, B, ...")
+    if index is None:
+        raise DataError(f"{where}: answer must be a choice index, a letter or the answer text, got {answer!r}")
     if not 0 <= index < len(choices):
-        raise DataError(f"{where}: answer {index} is out of range for {len(choices)} choices (0-based)")
-    return ChoiceItem(str(context), list(choices), index)
+        raise DataError(f"{where}: answer {answer!r} is out of range for {len(choices)} choices (0-based, or A..)")
+    return index
+
+
+def _strings(value: object, where: str, what: str) -> list[str]:
+    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(c, str) for c in value):
+        raise DataError(f"{where}: {what} must be a list of at least two strings")
+    return list(value)
+
+
+def _choice_item(row: object, where: str, mmlu_format: str = "continuation") -> ChoiceItem:
+    """One item of a row of any shape of :data:`CHOICE_SHAPES`, prompted as the harness does:
+
+    * ARC, PIQA, MMLU (``continuation``): context ``"Question: {question}\\nAnswer:"``
+      (PIQA's ``goal``; MMLU's question stripped), choices the answer texts (ARC's
+      ``choices.text``, PIQA's ``[sol1, sol2]``); ARC's ``answerKey`` indexes
+      ``choices.label`` (a letter or a digit);
+    * MMLU ``letters``: ``"{question}\\nA. ...\\nB. ...\\nAnswer:"``, choices ``A``, ``B``, ...;
+    * HellaSwag: ``activity_label + ": " + ctx_a + " " + ctx_b.capitalize()`` (or ``ctx``) and
+      the endings, each through :func:`hellaswag_preprocess`;
+    * generic: the context and choices as given.
+    """
+    if not isinstance(row, Mapping):
+        raise DataError(f'{where}: expected an object like {{"context": ..., "choices": [...], "answer": 0}}')
+    shape = choice_shape(row)
+    delimiter = row.get("target_delimiter")
+    if delimiter is not None and not isinstance(delimiter, str):
+        raise DataError(f"{where}: target_delimiter must be a string, got {_preview(delimiter)}")
+    if shape is None:
+        groups = (CONTEXT_KEYS, CHOICE_KEYS, ANSWER_KEYS)
+        found = {group[0]: next((k for k in group if k in row), None) for group in groups}
+        missing = " / ".join(name for name, key in found.items() if key is None)
+        raise DataError(
+            f"{where}: no {missing} field: not a multiple-choice row (found {', '.join(map(str, row)) or 'none'}; "
+            f"accepted shapes: {'; '.join(CHOICE_SHAPES)})"
+        )
+    if shape == "arc":
+        choices_field = row["choices"]
+        texts = _strings(choices_field.get("text"), where, "choices.text")
+        labels = choices_field.get("label")
+        if not isinstance(labels, list) or len(labels) != len(texts):
+            raise DataError(f"{where}: choices.label must list one label per choices.text entry")
+        answer = _answer_index(row["answerKey"], texts, where, [str(label) for label in labels])
+        context = QUESTION_PROMPT.format(question=_string(row, "question", where))
+        return ChoiceItem(context, texts, answer, delimiter, shape)
+    if shape == "piqa":
+        choices = [_string(row, "sol1", where), _string(row, "sol2", where)]
+        answer = _answer_index(row.get("label"), choices, where)
+        context = QUESTION_PROMPT.format(question=_string(row, "goal", where))
+        return ChoiceItem(context, choices, answer, delimiter, shape)
+    if shape == "hellaswag":
+        endings = _strings(row["endings"], where, "endings")
+        answer = _answer_index(row["label"], endings, where)
+        if "ctx_a" in row:
+            ctx = _string(row, "ctx_a", where) + " " + _string(row, "ctx_b", where, required=False).capitalize()
+        else:
+            ctx = _string(row, "ctx", where)
+        activity = _string(row, "activity_label", where, required=False)
+        query = hellaswag_preprocess(f"{activity}: {ctx}" if activity else ctx)
+        return ChoiceItem(query, [hellaswag_preprocess(e) for e in endings], answer, delimiter, shape)
+    if shape == "mmlu":
+        question = _string(row, "question", where).strip()
+        texts = _strings(row["choices"], where, "choices")
+        answer = _answer_index(row["answer"], texts, where)
+        if mmlu_format == "letters":
+            letters = [chr(ord("A") + i) for i in range(len(texts))]
+            options = "".join(f"\n{letter}. {text}" for letter, text in zip(letters, texts, strict=True))
+            return ChoiceItem(f"{question}{options}\nAnswer:", letters, answer, delimiter, shape)
+        return ChoiceItem(QUESTION_PROMPT.format(question=question), texts, answer, delimiter, shape)
+    key = {group[0]: next(k for k in group if k in row) for group in (CONTEXT_KEYS, CHOICE_KEYS, ANSWER_KEYS)}
+    choices = _strings(row[key["choices"]], where, "choices")
+    return ChoiceItem(str(row[key["context"]]), choices, _answer_index(row[key["answer"]], choices, where), delimiter)
 
 
 def _kjv_word_order(n_choices: int = 4, seed: int = 0) -> list[ChoiceItem]:
@@ -832,9 +950,13 @@ def _kjv_word_order(n_choices: int = 4, seed: int = 0) -> list[ChoiceItem]:
 BUILTIN_CHOICES: dict[str, Callable[[], list[ChoiceItem]]] = {"kjv-word-order": _kjv_word_order}
 
 
-def load_choices(source: str | Path) -> list[ChoiceItem]:
-    """Multiple-choice items from ``builtin:<name>`` or a JSONL file (one item per line:
-    a context/question, a list of choices/endings, the answer as index or text)."""
+def load_choices(source: str | Path, mmlu_format: str = "continuation") -> list[ChoiceItem]:
+    """Multiple-choice items from ``builtin:<name>`` or a JSONL file, one item per line in any
+    shape of :data:`CHOICE_SHAPES`, detected per row (:func:`_choice_item`); answers are 0-based
+    indices, letters (``"B"``), ARC labels or the answer text. ``mmlu_format``: how MMLU rows
+    are prompted (:data:`MMLU_FORMATS`)."""
+    if mmlu_format not in MMLU_FORMATS:
+        raise DataError(f"mmlu format {mmlu_format!r}: use one of {', '.join(MMLU_FORMATS)}")
     name = str(source)
     if name.startswith("builtin:"):
         items = _builtin(name, BUILTIN_CHOICES, "built-in choice set")()
@@ -850,7 +972,7 @@ def load_choices(source: str | Path) -> list[ChoiceItem]:
                         row = json.loads(line)
                     except json.JSONDecodeError as error:
                         raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
-                    items.append(_choice_item(row, f"{path}:{number}"))
+                    items.append(_choice_item(row, f"{path}:{number}", mmlu_format))
     if not items:
         raise DataError(f"{name}: no multiple-choice items")
     return items

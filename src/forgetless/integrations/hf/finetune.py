@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from forgetless.errors import ConfigError
 from forgetless.integrations.hf.capabilities import (
@@ -56,9 +56,20 @@ class FinetuneConfig(BaseModel):
     layerwise_lr_decay: float = Field(1.0, gt=0, le=1)
     unfreeze_every: int = Field(0, ge=0)
     lora: bool = False
+    """Alias: ``lora=True`` = ``peft="lora"``."""
+    peft: Literal["none", "lora", "dora", "prefix", "prompt", "ia3"] = "none"
+    """Parameter-efficient fine-tuning through peft's own configs (:data:`PEFT_KINDS`): LoRA (Hu
+    et al. 2021), DoRA (Liu et al. 2024), prefix tuning (Li & Liang 2021), prompt tuning (Lester
+    et al. 2021), (IA)^3 (Liu et al. 2022). The base weights stay frozen."""
+    peft_tokens: int = Field(20, ge=1)
+    """Virtual tokens of ``prefix`` and ``prompt`` tuning (peft's ``num_virtual_tokens``)."""
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
     lora_targets: list[str] | None = None
+    """Target modules of ``lora``, ``dora`` and ``ia3`` (``None``: peft's default for the model)."""
+    grad_accum: int = Field(1, ge=1)
+    """Gradient accumulation: each optimizer step sums ``grad_accum`` batches of ``batch_size``
+    (the Trainer's ``gradient_accumulation_steps``; the effective batch is their product)."""
     strategies: list[str] = Field(default_factory=list)
     """Core strategies run in the fine-tune (``["l2sp", "ewc"]``; ``replay`` is the mixing of
     general rows), with ``params`` as ``--set`` gives them: :mod:`.strategies`."""
@@ -74,7 +85,11 @@ class FinetuneConfig(BaseModel):
     """Only these modules get an importance (globs)."""
     replay_ratio: float = Field(0.0, ge=0, lt=1)
     """Alias: ``--replay-ratio R`` = ``--strategies replay --set replay.ratio=R``."""
-    stop_if_drop: float | None = Field(None, ge=0)
+    stop_if_drop: float | dict[str, float] | None = None
+    """Stop and restore the best weights when a kept capability drops by more than this: one
+    number for all, or per kind / full name (``"perplexity=0.2,choice=0.05"`` or a dict;
+    :func:`~forgetless.training.brake.parse_thresholds`). Perplexity drops are relative,
+    accuracy drops absolute."""
     eval_every: int = Field(20, ge=1)
     checkpoint_every: int | None = Field(None, ge=0)
     threads: int | None = Field(None, ge=1)
@@ -90,6 +105,30 @@ class FinetuneConfig(BaseModel):
     train_size: int | None = Field(None, ge=1)
     seed: int = 0
     device: str | None = None
+
+    @field_validator("stop_if_drop", mode="before")
+    @classmethod
+    def _thresholds(cls, value: Any) -> Any:
+        from forgetless.training.brake import parse_thresholds
+
+        return parse_thresholds(value)
+
+    @model_validator(mode="after")
+    def _thresholds_name_kept(self) -> FinetuneConfig:
+        """Each key of per-capability thresholds is a kept kind or ``--keep`` spec (a full name
+        of a kept kind that is no spec, as a kind may name its capabilities otherwise, is
+        checked against the built capabilities by :class:`ForgettingCallback`)."""
+        from forgetless.training.brake import StopRule, kind_of
+
+        if self.keep and isinstance(self.stop_if_drop, dict):
+            kinds = {kind_of(spec) for spec in self.keep}
+            keys = {
+                key: value
+                for key, value in self.stop_if_drop.items()
+                if key in self.keep or ":" not in key or kind_of(key) not in kinds
+            }
+            StopRule(keys).check_names(self.keep)
+        return self
 
     @field_validator("task")
     @classmethod
@@ -138,10 +177,21 @@ class FinetuneConfig(BaseModel):
                 params.setdefault(name, {}).setdefault(key, self.ewc_samples)
         return names, params
 
+    def peft_kind(self) -> str:
+        """The PEFT method run (``"none"``, or one of :data:`PEFT_KINDS`; ``lora=True`` is ``"lora"``)."""
+        if self.lora and self.peft not in ("none", "lora"):
+            raise ConfigError(f"--lora and --peft {self.peft} both choose a PEFT method: give one (--peft {self.peft})")
+        return "lora" if self.lora else self.peft
+
     def mitigations(self) -> list[str]:
         parts = []
-        if self.lora:
-            parts.append(f"lora(r={self.lora_r})")
+        kind = self.peft_kind()
+        if kind in ("lora", "dora"):
+            parts.append(f"{kind}(r={self.lora_r})")
+        elif kind in ("prefix", "prompt"):
+            parts.append(f"{kind}({self.peft_tokens})")
+        elif kind == "ia3":
+            parts.append("ia3")
         names, given = self._given()
         for name in names:
             first = next(iter(given.get(name, {}).values()), None)
@@ -199,20 +249,119 @@ def task_rows(
     return rows, metric
 
 
-def _apply_lora(model: Any, cfg: FinetuneConfig, objective: str) -> Any:
-    from peft import LoraConfig, TaskType, get_peft_model
+PEFT_KINDS = ("lora", "dora", "prefix", "prompt", "ia3")
+"""``--peft`` methods, each built through peft's own config class (:func:`peft_config`)."""
+
+MERGEABLE = ("lora", "dora", "ia3")
+"""Methods whose adapters fold into the base weights (peft ``merge_and_unload``, ``--merge-lora``);
+prefix and prompt tuning add virtual tokens, which no weight can hold."""
+
+
+def peft_config(kind: str, cfg: FinetuneConfig, objective: str) -> Any:
+    """peft's config of ``kind`` (``LoraConfig``, ``LoraConfig(use_dora=True)``,
+    ``PrefixTuningConfig``, ``PromptTuningConfig``, ``IA3Config``) for the objective's task type."""
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
 
     task_type = TaskType.CAUSAL_LM if objective == "lm" else TaskType.SEQ_CLS
-    lora = LoraConfig(
-        task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=cfg.lora_targets
-    )
+    if kind in ("lora", "dora"):
+        return LoraConfig(
+            task_type=task_type,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=cfg.lora_targets,
+            use_dora=kind == "dora",
+        )
+    if kind == "ia3":  # given targets: all scale their output (none is a feed-forward input)
+        return IA3Config(
+            task_type=task_type, target_modules=cfg.lora_targets, feedforward_modules=[] if cfg.lora_targets else None
+        )
+    if kind == "prefix":
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=cfg.peft_tokens)
+    if kind == "prompt":
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=cfg.peft_tokens)
+    raise ConfigError(f"--peft {kind}: choose one of {', '.join(PEFT_KINDS)}")
+
+
+def _drop_virtual_positions(tokens: int) -> Callable[..., Any]:
+    """Forward hook of a prompt-tuned model: peft prepends ``tokens`` virtual positions to the
+    logits and hidden states; dropping them aligns every output with ``input_ids`` again (the
+    loss, computed inside with the virtual labels ``-100``, is unchanged)."""
+
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        logits = getattr(output, "logits", None)
+        if logits is not None and logits.dim() == 3:
+            output.logits = logits[:, tokens:]
+        hidden = getattr(output, "hidden_states", None)
+        if hidden is not None:
+            output.hidden_states = tuple(h[:, tokens:] for h in hidden)
+        return output
+
+    return hook
+
+
+def _apply_peft(model: Any, cfg: FinetuneConfig, objective: str) -> Any:
+    """``get_peft_model`` with the config of ``cfg.peft_kind()``; one line for a bad fit."""
+    from peft import get_peft_model
+
+    from forgetless.integrations.hf.models import max_sequence_length
+
+    kind = cfg.peft_kind()
+    if kind in ("prefix", "prompt"):
+        limit = max_sequence_length(model.config)
+        if limit is not None and cfg.seq_len + cfg.peft_tokens > limit:
+            raise ConfigError(
+                f"--peft {kind} adds {cfg.peft_tokens} virtual tokens to rows of --seq-len {cfg.seq_len}, beyond the "
+                f"model's {limit} positions: lower --seq-len or --peft-tokens"
+            )
     try:
-        return get_peft_model(model, lora)
+        peft_model = get_peft_model(model, peft_config(kind, cfg, objective))
     except ValueError as error:
         raise ConfigError(
-            f"LoRA cannot pick target modules for this model ({str(error)[:120]}): "
+            f"--peft {kind} cannot pick target modules for this model ({str(error)[:120]}): "
             "pass --lora-targets, e.g. query,value"
         ) from None
+    if kind == "prompt":
+        peft_model.register_forward_hook(_drop_virtual_positions(cfg.peft_tokens))
+    if kind in ("prefix", "prompt"):  # peft rewires the forward: a model it cannot serve fails here, not mid-run
+        _probe(peft_model, kind, objective)
+    return peft_model
+
+
+def _probe(model: Any, kind: str, objective: str) -> None:
+    """One forward of two tokens in eval mode (no randomness drawn); peft's refusal as one line."""
+    from forgetless.integrations.hf.capabilities._io import EvalMode
+
+    device = next(model.parameters()).device
+    try:
+        with EvalMode(model):
+            model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=device))
+    except (ValueError, TypeError, RuntimeError) as error:
+        why = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise ConfigError(
+            f"--peft {kind} cannot run on this model for objective {objective} ({why}): use --peft lora, dora or ia3"
+        ) from None
+
+
+def merged_model(model: Any, kind: str) -> Any:
+    """The plain transformers model with the adapters folded in (peft ``merge_and_unload``)."""
+    if kind not in MERGEABLE:
+        raise ConfigError(
+            f"--merge-lora folds adapters into the weights: --peft {kind} has none to fold "
+            f"(use {', '.join(MERGEABLE)}, or save without --merge-lora)"
+        )
+    return model.merge_and_unload()
+
+
+def save_finetuned(summary: dict[str, Any], folder: Path, merge: bool = False) -> None:
+    """The fine-tuned model and tokenizer in ``folder`` (``save_pretrained``): a PEFT run saves
+    its adapter (``adapter_config.json`` names the base by absolute path when it is a local
+    folder); ``merge`` saves the merged plain model instead, which loads without peft."""
+    model = summary["_model"]
+    if merge:
+        model = merged_model(model, summary["peft"])
+    model.save_pretrained(folder)
+    summary["_tokenizer"].save_pretrained(folder)
 
 
 class _StepCallback:
@@ -232,8 +381,19 @@ RESUME_MAY_CHANGE = ("checkpoint_every", "threads")
 """Config fields a resumed fine-tune may change: they do not change the results."""
 
 
+ADDED_FIELDS = ("peft", "peft_tokens", "grad_accum")
+"""Config fields newer than the first checkpoints: an older checkpoint lacks them, and its run
+had their defaults."""
+
+
+def with_added_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the defaults of :data:`ADDED_FIELDS` it lacks (an older checkpoint)."""
+    return {**{name: FinetuneConfig.model_fields[name].default for name in ADDED_FIELDS}, **values}
+
+
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``["lr: 0.001 in the run, 0.1 now", ...]`` over the fields that change results."""
+    saved = with_added_defaults(saved)
     out = []
     for key in sorted(set(saved) | set(current)):
         if key not in RESUME_MAY_CHANGE and saved.get(key) != current.get(key):
@@ -319,6 +479,7 @@ def run_finetune(
         )
     for spec in cfg.keep:
         parse_keep(spec)
+    cfg.peft_kind()  # --lora with another --peft: one line before any loading
     data = load_texts(
         cfg.task, cfg.text_column, cfg.label_column, need_labels=cfg.objective == "classify", format=cfg.format
     )
@@ -338,8 +499,8 @@ def run_finetune(
     tracker = CapabilityTracker(capabilities, task_metric, cfg.eval_every)
     tracker.prepare(model)  # fixed heads are fitted on the model before anything changes it
 
-    if cfg.lora:
-        model = _apply_lora(model, cfg, objective)
+    if cfg.peft_kind() != "none":
+        model = _apply_peft(model, cfg, objective)
     new = tuple(new_params)
     anchored = [n for n, p in model.named_parameters() if p.requires_grad and not any(n.endswith(m) for m in new)]
     names, params = cfg.strategy_plan()
@@ -362,7 +523,12 @@ def run_finetune(
     task_set = RowsDataset(rows)
     general_set = RowsDataset(general) if general is not None else RowsDataset({"x": torch.zeros(0)})
     sampler = MixingBatchSampler(
-        len(task_set), len(general_set), cfg.batch_size, replay_ratio, num_batches=cfg.steps, seed=cfg.seed
+        len(task_set),
+        len(general_set),
+        cfg.batch_size,
+        replay_ratio,
+        num_batches=cfg.steps * cfg.grad_accum,
+        seed=cfg.seed,
     )
 
     every = cfg.eval_every if cfg.checkpoint_every is None else cfg.checkpoint_every
@@ -381,6 +547,7 @@ def run_finetune(
             output_dir=scratch,
             max_steps=cfg.steps,
             per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
             learning_rate=cfg.lr,
             weight_decay=cfg.weight_decay,
             warmup_steps=cfg.warmup_steps,
@@ -438,18 +605,26 @@ def run_finetune(
         {
             "run": "+".join(cfg.mitigations()),
             "objective": objective,
+            "peft": cfg.peft_kind(),
             "model": cfg.model,
             "task_source": cfg.task_name(),
             "task_format": data.format,
             "steps_trained": int(steps_done),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_parameters": sum(p.numel() for p in model.parameters()),
-            "tokens_per_second": trainer.state.global_step * cfg.batch_size * row_width / train_seconds,
+            "tokens_per_second": trainer.state.global_step
+            * cfg.grad_accum
+            * cfg.batch_size
+            * row_width
+            / train_seconds,
             "strategies": reports,
             "wall_seconds": wall,
             "config": cfg.model_dump(mode="json"),
         }
     )
+    note = nothing_learned(summary)
+    if note is not None:
+        summary["note"] = note
     if out is not None:
         write_report({summary["run"]: summary}, Path(out))
         if checkpoints is not None and checkpoints.resolve() == Path(out).resolve():
@@ -457,6 +632,18 @@ def run_finetune(
     summary["_model"] = model
     summary["_tokenizer"] = tokenizer
     return summary
+
+
+def nothing_learned(summary: dict[str, Any]) -> str | None:
+    """The one-line note of a stop at the very first evaluation: the brake restored step 0, so
+    the fine-tuned model is the pretrained one (``None`` for any other run)."""
+    if summary.get("stopped_at") is None or summary.get("restored_step") != 0:
+        return None
+    return (
+        f"nothing was learned: the first evaluation (step {summary['stopped_at']}) already dropped a kept "
+        "capability past --stop-if-drop, so step 0 (the pretrained model) was restored; raise the threshold, "
+        "lower --lr, or evaluate later (--eval-every)"
+    )
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -474,22 +661,138 @@ def before_after_rows(summary: dict[str, Any]) -> list[tuple[str, str, float, fl
     return rows
 
 
+REPORT_COLUMNS = (
+    "run",
+    "capability",
+    "metric",
+    "before",
+    "after",
+    "drop",
+    "drop_abs",
+    "drop_rel",
+    "items",
+    "stderr_before",
+    "stderr_after",
+    "chance",
+)
+"""The columns of ``before_after.csv`` (:func:`report_rows`; empty where a figure does not apply)."""
+
+
+def report_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per capability, then the new task, with the :data:`REPORT_COLUMNS` but ``run``:
+    the drop (relative for perplexity, absolute for accuracies) and both of its forms, and for
+    ``choice`` the item count, the standard errors of the accuracy and the chance level."""
+    rows = []
+    for name, c in summary["capabilities"].items():
+        rows.append(
+            {
+                "capability": name,
+                **{key: c.get(key) for key in REPORT_COLUMNS[2:]},
+            }
+        )
+    if "task" in summary:
+        task = summary["task"]
+        rows.append(
+            {"capability": "new task", "metric": task["metric"], "before": task["before"], "after": task["after"]}
+        )
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _drop_text(metric: str, drop: float | None) -> str:
+    if drop is None:
+        return ""
+    return f"{drop:+.1%}" if metric == "perplexity" else f"{drop:+.3f}"
+
+
+def markdown_report(runs: dict[str, dict[str, Any]]) -> str:
+    """``report.md``: per run a table of every capability (before and after, ``± stderr`` where
+    there is one; the drop as the stop reads it and in both forms; items and chance level), the
+    stop, the notes and the warnings (e.g. a baseline at chance)."""
+    lines = ["# Forgetting report", ""]
+    for run, summary in runs.items():
+        lines += [
+            f"## {run}",
+            "",
+            "| capability | metric | before | after | drop | drop (abs) | drop (rel) | items | chance |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in report_rows(summary):
+            metric = row["metric"]
+            digits = 2 if metric == "perplexity" else 3
+
+            def value(key: str, row: dict[str, Any] = row, digits: int = digits) -> str:
+                stderr = row.get(f"stderr_{key}")
+                text = f"{row[key]:.{digits}f}"
+                return f"{text} ± {stderr:.{digits}f}" if stderr is not None else text
+
+            rel = row.get("drop_rel")
+            cells = [
+                row["capability"],
+                metric,
+                value("before"),
+                value("after"),
+                _drop_text(metric, row.get("drop")),
+                f"{row['drop_abs']:+.{digits}f}" if row.get("drop_abs") is not None else "",
+                f"{rel:+.1%}" if rel is not None else "",
+                _cell(row.get("items")),
+                f"{row['chance']:.3f}" if row.get("chance") is not None else "",
+            ]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("")
+        lines.append(
+            "drop: relative for perplexity (now / before - 1), absolute for accuracies (before - now); "
+            "positive = forgotten."
+        )
+        if summary.get("stopped_at") is not None:
+            crossed = "; ".join(
+                f"{c['capability']} dropped {c['drop']:.4g} > {c['threshold']:.4g}"
+                for c in summary.get("stopped_by", [])
+            )
+            restored = summary.get("restored_step")
+            lines.append(
+                f"Stopped at step {summary['stopped_at']}"
+                + (f" ({crossed})" if crossed else "")
+                + (f"; restored step {restored}." if restored is not None else ".")
+            )
+        if summary.get("note"):
+            lines.append(f"- {summary['note']}")
+        lines += [f"- **warning**: {warning}" for warning in summary.get("warnings", [])]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_report(runs: dict[str, dict[str, Any]], out: Path) -> None:
-    """``forgetting.json``, ``before_after.csv`` and ``capability_curves.png`` in ``out``."""
+    """``forgetting.json``, ``before_after.csv`` (:data:`REPORT_COLUMNS`), ``report.md``
+    (:func:`markdown_report`) and ``capability_curves.png`` in ``out``."""
     from forgetless.io import atomic_write_json, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "forgetting.json", {name: public(s) for name, s in runs.items()})
-    lines = ["run,capability,metric,before,after,drop"]
+    import csv
+    import io
+
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")  # quotes a name holding a comma
+    writer.writerow(REPORT_COLUMNS)
     for name, summary in runs.items():
-        for cap, metric, before, after, drop in before_after_rows(summary):
-            lines.append(f"{name},{cap},{metric},{before:.6g},{after:.6g},{drop:.6g}")
-    atomic_write_text(out / "before_after.csv", "\n".join(lines) + "\n")
+        for row in report_rows(summary):
+            row = {"run": name, "drop": float("nan"), **{k: v for k, v in row.items() if v is not None}}
+            writer.writerow([_cell(row.get(key)) for key in REPORT_COLUMNS])
+    atomic_write_text(out / "before_after.csv", table.getvalue())
+    atomic_write_text(out / "report.md", markdown_report(runs))
     plot_curves(runs, out / "capability_curves.png")
 
 
 def plot_curves(runs: dict[str, dict[str, Any]], path: Path) -> None:
-    """One panel per capability (and the new task): metric over steps, one line per run."""
+    """One panel per capability (and the new task): metric over steps, one line per run; a
+    ``choice`` panel also shows ``± 1`` standard error as a band, the item count in its title
+    and its chance level as a dashed line."""
     from matplotlib.figure import Figure
 
     first = next(iter(runs.values()))
@@ -499,11 +802,24 @@ def plot_curves(runs: dict[str, dict[str, Any]], path: Path) -> None:
     fig = Figure(figsize=(4.2 * len(panels), 3.4))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (panel, metric) in zip(axes[0], panels):
+        facts = first["capabilities"].get(panel, {}) if panel != "new task" else {}
         for run, summary in runs.items():
             steps = summary["steps"]
-            curve = summary["task"]["curve"] if panel == "new task" else summary["capabilities"][panel]["curve"]
-            ax.plot(steps, curve, marker="o", ms=3, label=run)
-        ax.set_title(panel, fontsize=9)
+            if panel == "new task":
+                curve, errors = summary["task"]["curve"], None
+            else:
+                entry = summary["capabilities"][panel]
+                curve, errors = entry["curve"], entry.get("stderr_curve")
+            (line,) = ax.plot(steps, curve, marker="o", ms=3, label=run)
+            if errors and all(e is not None for e in errors):
+                low = [c - e for c, e in zip(curve, errors, strict=True)]
+                high = [c + e for c, e in zip(curve, errors, strict=True)]
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, lw=0)
+        if facts.get("chance") is not None:
+            ax.axhline(facts["chance"], ls="--", lw=1, color="grey", label=f"chance ({facts['chance']:.2f})")
+            ax.legend(fontsize=7)
+        title = f"{panel} (n={facts['items']})" if facts.get("items") is not None else panel
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("fine-tuning step")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

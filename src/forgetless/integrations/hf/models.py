@@ -18,14 +18,16 @@ def _offline() -> bool:
 
 
 def resolve_model_source(name_or_path: str) -> str:
-    """A local folder (must exist) or a hub name; a path-like name that is missing is an error."""
+    """A local folder (must exist) as an absolute path, or a hub name; a path-like name that is
+    missing is an error. Absolute, because the model keeps it as ``name_or_path`` and a saved
+    PEFT adapter names its base by it (``base_model_name_or_path``): it loads from any folder."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
             raise DataError(
                 f"model folder {path} has no config.json: save it with model.save_pretrained(folder) or give a hub name"
             )
-        return str(path)
+        return str(path.resolve())
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise DataError(
             f"model path {name_or_path} does not exist: give an existing folder "

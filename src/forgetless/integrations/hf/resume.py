@@ -232,7 +232,8 @@ def load_saved(run_dir: Path) -> SavedFinetune:
         )
     if callback["global_step"] != step:
         raise _invalid(folder, f"{STATE_NAME}.json", f"global_step: {callback['global_step']}, the trainer's {step}")
-    if trainer["sampler"]["drawn"] != step:
+    batches = step * int(config.get("grad_accum", 1))  # each optimizer step draws grad_accum batches
+    if trainer["sampler"]["drawn"] != batches:
         raise _invalid(folder, "trainer.json", f"sampler.drawn: {trainer['sampler']['drawn']} batches at step {step}")
     weights = load_tensors(folder / "model.safetensors")
     return SavedFinetune(folder, config, trainer, optimizer, strategies, weights)

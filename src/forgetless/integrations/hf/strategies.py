@@ -9,13 +9,19 @@ objects a :class:`FinetuneContext` and calls their hooks at the same points of t
   kept capabilities' rows at the pretrained weights), then ``before_task`` at task 1 (L2-SP
   anchors at the start; the pretrained parameters count as trained, ``ctx.pretrained``);
 * at every step, the ``loss`` hooks' terms are added to the Trainer's loss
-  (:class:`~forgetless.integrations.hf.trainer.ForgettingTrainerMixin`);
+  (:class:`~forgetless.integrations.hf.trainer.ForgettingTrainerMixin`), and the first
+  ``criterion`` hook that returns a loss replaces the Trainer's base loss of the task rows
+  (DFT, the token-wise constrained objective). Both hooks get the task rows as a
+  :class:`TokenBatch` (replay rows excluded; ``None`` when called without a batch) and the
+  Hugging Face model output (``.logits``, with their graph);
 * ``report`` and ``state_dict``/``load_state_dict`` as in a run.
 
 A strategy runs in a fine-tune when it says so (``stacks = ("run", "finetune")``), overrides only
 the hooks served here (:data:`SERVED_HOOKS`), reads its data through ``ctx.importance_samples``
-and needs no batch in ``loss``: ``l2sp``, ``ewc``, ``online-ewc`` and ``mas`` of the core, and
-any new strategy written the same way (docs/finetuning.md shows one). Others are refused in one
+and reads a :class:`TokenBatch` (not a core ``Batch``) in ``loss``/``criterion``: ``l2sp``,
+``ewc``, ``online-ewc`` and ``mas`` of the core (which need no batch), the fine-tune's own
+``kl-anchor``, ``dft`` and ``safe-tokens``, and any new strategy written the same way
+(docs/finetuning.md shows one). Others are refused in one
 line naming the hooks they need. Replay in a fine-tune is :mod:`.mixing`'s exact share of
 general rows in every batch (``replay`` in ``--strategies``, ``replay.ratio``).
 """
@@ -38,11 +44,39 @@ from forgetless.strategies.base import HOOKS, ImportanceSample
 FISHER_CHUNK = 8
 """Rows per forward of an importance estimate (a transformer's logits are large: ``rows x T x V``)."""
 
-SERVED_HOOKS = ("before_task", "after_task", "loss", "report", "state_dict", "load_state_dict")
+SERVED_HOOKS = ("before_task", "after_task", "criterion", "loss", "report", "state_dict", "load_state_dict")
 """The hooks a fine-tune calls; a strategy overriding any other one cannot run there."""
 
 REPLAY = "replay"
 """The fine-tune's replay (:mod:`.mixing`), spelled as a strategy in ``--strategies``."""
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """The task rows of one fine-tune batch, as the ``loss`` and ``criterion`` hooks see them
+    (replay rows excluded): ``input_ids`` ``[B, T]``, ``attention_mask`` and ``labels`` (``-100``
+    on the targets not trained: an instruction's prompt, the padding), each possibly ``None``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @classmethod
+    def of(cls, inputs: dict[str, Any] | None) -> TokenBatch | None:
+        """The batch of a Trainer's (task) inputs, ``None`` without ``input_ids``."""
+        if not inputs or not isinstance(inputs.get("input_ids"), torch.Tensor):
+            return None
+        return cls(inputs["input_ids"], inputs.get("attention_mask"), inputs.get("labels"))
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The keyword arguments of the model's forward (no labels: the caller computes the loss)."""
+        out = {"input_ids": self.input_ids}
+        if self.attention_mask is not None:
+            out["attention_mask"] = self.attention_mask
+        return out
 
 
 @dataclass
@@ -172,6 +206,18 @@ class FinetuneStrategies:
         )
         self.ctx.strategies = strategies
         self._loss = [s for s in strategies if type(s).overrides("loss")]
+        self._criterion = [s for s in strategies if type(s).overrides("criterion")]
+
+    @property
+    def needs_logits(self) -> bool:
+        """Whether a ``loss`` hook reads the model output's logits (``uses_logits`` on its class)."""
+        return any(getattr(type(s), "uses_logits", False) for s in self._loss)
+
+    @property
+    def has_criterion(self) -> bool:
+        """Whether a strategy may replace the base loss (the Trainer then computes the forward
+        itself and never the default loss it would throw away)."""
+        return bool(self._criterion)
 
     @classmethod
     def build(
@@ -186,23 +232,39 @@ class FinetuneStrategies:
     ) -> FinetuneStrategies:
         """From names and ``--set`` values, as :func:`~forgetless.strategies.make_strategies`."""
         check_servable(combination)
-        built = make_strategies("+".join(combination), params) if combination else []
+        built = make_strategies("+".join(combination), params, stack="finetune") if combination else []
         return cls(built, model, capabilities, pretrained, seed, importance_names)
 
     def prepare(self) -> None:
         """Task 0 ends (the pretrained model), task 1 (the fine-tune) begins."""
-        self.ctx.task_index = 0
+        self.ctx.advance(task_index=0)
         for strategy in self.strategies:
             strategy.after_task(self.ctx)
-        self.ctx.task_index = 1
+        self.ctx.advance(task_index=1)
         for strategy in self.strategies:
             strategy.before_task(self.ctx)
 
-    def loss(self, model: nn.Module, logits: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The sum of the ``loss`` hooks' terms for ``model`` (the unwrapped Trainer model)."""
+    def loss(
+        self, model: nn.Module, inputs: dict[str, Any] | TokenBatch | None = None, outputs: Any = None
+    ) -> torch.Tensor | None:
+        """The sum of the ``loss`` hooks' terms for ``model`` (the unwrapped Trainer model) on the
+        task rows ``inputs`` and the model's ``outputs`` on them (both optional: the penalties
+        need neither)."""
         self.ctx.model = model
-        terms = [t for s in self._loss if (t := s.loss(self.ctx, None, logits)) is not None]  # type: ignore[arg-type]
+        batch = inputs if isinstance(inputs, TokenBatch) or inputs is None else TokenBatch.of(inputs)
+        terms = [t for s in self._loss if (t := s.loss(self.ctx, batch, outputs)) is not None]  # type: ignore[arg-type]
         return sum(terms[1:], terms[0]) if terms else None
+
+    def criterion(self, model: nn.Module, inputs: dict[str, Any] | TokenBatch, outputs: Any) -> torch.Tensor | None:
+        """The base loss of the task rows from the first ``criterion`` hook that returns one
+        (``None``: keep the Trainer's own)."""
+        self.ctx.model = model
+        batch = inputs if isinstance(inputs, TokenBatch) else TokenBatch.of(inputs)
+        for strategy in self._criterion:
+            value = strategy.criterion(self.ctx, batch, outputs)  # type: ignore[arg-type]
+            if value is not None:
+                return value
+        return None
 
     def report(self) -> dict[str, dict[str, Any]]:
         return {s.name: s.report() for s in self.strategies}
@@ -212,4 +274,4 @@ class FinetuneStrategies:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for strategy in self.strategies:
-            strategy.load_state_dict(state[strategy.name])
+            strategy.load_state_dict(state[strategy.name], self.ctx)

@@ -6,10 +6,17 @@ drop of each capability, its backward transfer (``after - before``, sign flipped
 so that negative always means forgotten;
 :func:`forgetless.metrics.backward_transfer` on that 2-row matrix) and its forgetting
 ``max over evaluations - final`` (Chaudhry et al. 2018, eq. 2, taken over the evaluation points).
+Every capability also gets its drop in both forms (``drop_abs``, ``drop_rel``:
+:meth:`~forgetless.integrations.hf.capabilities.Capability.drops`), its side figures before and
+after (``choice``: ``acc``, ``acc_norm``, their standard errors) and its facts (``choice``:
+``items``, ``chance``). A capability whose step-0 score is within 2 standard errors of its chance
+level (or below it) is named in ``warnings`` (and logged when measured): its drops cannot be told
+from noise.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -19,6 +26,32 @@ from torch import nn
 from forgetless.errors import ConfigError, NumericalError
 from forgetless.integrations.hf.capabilities import Capability
 from forgetless.metrics import backward_transfer
+
+_logger = logging.getLogger(__name__)
+CHANCE_STDERRS = 2.0
+"""A baseline within this many standard errors of chance is warned about."""
+
+
+def at_chance(capability: Capability, score: float, figures: dict[str, Any]) -> str | None:
+    """The one-line warning when ``score`` (the metric at step 0) is within
+    :data:`CHANCE_STDERRS` standard errors of the capability's chance level, or below that,
+    else ``None``."""
+    chance = capability.facts().get("chance")
+    stderr = figures.get(f"{capability.metric}_stderr")
+    if chance is None or stderr is None or score - chance > CHANCE_STDERRS * stderr:
+        return None
+    items = capability.facts().get("items")
+    where = f"{capability.name}: the baseline {capability.metric} {score:.3f}"
+    if score < chance - CHANCE_STDERRS * stderr:
+        return (
+            f"{where} is below chance ({chance:.3f}) by more than {CHANCE_STDERRS:g} standard errors ({stderr:.3f}) "
+            f"on {items} items: check the answers (0-based indices, letters A, B, ...) and the prompt format"
+        )
+    return (
+        f"{where} is within {CHANCE_STDERRS:g} standard errors ({stderr:.3f}) of chance ({chance:.3f}) on {items} "
+        "items: its drops cannot be told from noise; use more items (--choice-size), an easier set, or a stronger "
+        "model"
+    )
 
 
 class CapabilityTracker:
@@ -57,11 +90,19 @@ class CapabilityTracker:
         start = time.perf_counter()
         scores = {c.name: c.evaluate(model) for c in self.capabilities}
         record: dict[str, Any] = {"step": int(step), "scores": scores}
+        figures = {c.name: c.figures() for c in self.capabilities}
+        if any(figures.values()):
+            record["figures"] = {name: values for name, values in figures.items() if values}
         record["task"] = self.task.evaluate(model) if self.task is not None else None
         self._check_finite(record)
         before = self.history[0]["scores"] if self.history else scores
         record["drops"] = {c.name: c.drop(before[c.name], scores[c.name]) for c in self.capabilities}
         record["eval_seconds"] = time.perf_counter() - start
+        if not self.history:
+            for capability in self.capabilities:
+                warning = at_chance(capability, scores[capability.name], figures[capability.name])
+                if warning:
+                    _logger.warning(warning)
         self.history.append(record)
         return record
 
@@ -95,7 +136,7 @@ class CapabilityTracker:
         if not self.history:
             raise RuntimeError("no evaluation recorded yet")
         final = final or self.after
-        out: dict[str, Any] = {"capabilities": {}, "steps": [r["step"] for r in self.history]}
+        out: dict[str, Any] = {"capabilities": {}, "steps": [r["step"] for r in self.history], "warnings": []}
         for capability in self.capabilities:
             name = capability.name
             curve = [r["scores"][name] for r in self.history]
@@ -103,17 +144,33 @@ class CapabilityTracker:
             best = max(curve) if capability.higher_is_better else min(curve)
             sign = 1.0 if capability.higher_is_better else -1.0
             matrix = np.array([[before, 0.0], [after, 0.0]]) * sign
-            out["capabilities"][name] = {
+            drop_abs, drop_rel = capability.drops(before, after)
+            entry: dict[str, Any] = {
                 "metric": capability.metric,
                 "higher_is_better": capability.higher_is_better,
                 "before": before,
                 "after": after,
                 "drop": capability.drop(before, after),
+                "drop_abs": drop_abs,
+                "drop_rel": drop_rel,
                 "max_drop": max(capability.drop(before, v) for v in curve),
                 "bwt": backward_transfer(matrix),  # negative = forgotten
                 "forgetting": capability.drop(best, after),
                 "curve": curve,
             }
+            figures = [r.get("figures", {}).get(name) for r in self.history]
+            if any(figures):
+                first, last = figures[0] or {}, final.get("figures", {}).get(name) or {}
+                entry["figures_before"], entry["figures_after"] = first, last
+                entry["stderr_before"] = first.get(f"{capability.metric}_stderr")
+                entry["stderr_after"] = last.get(f"{capability.metric}_stderr")
+                entry["stderr_curve"] = [(f or {}).get(f"{capability.metric}_stderr") for f in figures]
+            entry.update(capability.facts())
+            warning = at_chance(capability, before, figures[0] or {})
+            entry["at_chance"] = warning is not None
+            if warning:
+                out["warnings"].append(warning)
+            out["capabilities"][name] = entry
         if self.task is not None:
             task_curve = [r["task"] for r in self.history]
             out["task"] = {

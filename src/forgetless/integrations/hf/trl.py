@@ -93,6 +93,8 @@ class ForgetlessSFTTrainer(ForgettingTrainerMixin, _OutputsOnDemand):
     rows) and ``replay_ratio`` (their share of every training batch).
     """
 
+    parent_builds_logits = False  # a strategy reading the logits gets the mixin's own forward
+
     def __init__(
         self,
         *args: Any,

@@ -4,8 +4,12 @@ A capability is one thing a fine-tune should keep, measured on the model before,
 after it. Each kind is one file of this package that defines a :class:`Capability` subclass
 decorated with :func:`register_capability`; adding a kind is adding a file.
 
-A capability's *drop* is how much worse it got: ``before - now`` for accuracies (points of
-accuracy), ``now / before - 1`` for perplexity (relative increase). Positive = forgotten.
+A capability's *drop*, the one figure the stop (``stop_if_drop``) and ``forget/<name>`` use, is
+how much worse it got since step 0: **absolute** for kinds whose metric is higher-is-better
+(accuracies: ``before - now``, in points of accuracy, so ``0.05`` is five points) and
+**relative** for lower-is-better ones (perplexity: ``now / before - 1``, so ``0.2`` is 20 %).
+Positive = forgotten. The report gives both forms for every capability (:meth:`Capability.drops`:
+``drop_abs`` in the metric's units, ``drop_rel`` as a share of ``before``).
 """
 
 from __future__ import annotations
@@ -85,10 +89,26 @@ class Capability(ABC):
         """The metric on the held-out rows."""
 
     def drop(self, before: float, now: float) -> float:
-        """How much worse ``now`` is than ``before`` (positive = forgotten)."""
+        """How much worse ``now`` is than ``before`` (positive = forgotten): absolute for a
+        higher-is-better metric, relative for a lower-is-better one (the module docstring)."""
         if self.higher_is_better:
             return before - now
         return now / before - 1.0
+
+    def drops(self, before: float, now: float) -> tuple[float, float | None]:
+        """``(absolute, relative)`` drop: ``before - now`` (``now - before`` for a lower-is-better
+        metric) and that over ``|before|`` (``None`` when ``before`` is 0); positive = forgotten."""
+        absolute = before - now if self.higher_is_better else now - before
+        return absolute, (absolute / abs(before) if before else None)
+
+    def figures(self) -> dict[str, float | None]:
+        """Side figures of the last :meth:`evaluate`, reported beside the metric and never used by
+        the stop (``choice``: ``acc``, ``acc_norm`` and their standard errors ``*_stderr``)."""
+        return {}
+
+    def facts(self) -> dict[str, Any]:
+        """Fixed facts of the evaluation set for the report (``choice``: ``items``, ``chance``)."""
+        return {}
 
     # Replay and EWC use the capability's training rows and its own loss.
     def replay_rows(self) -> dict[str, torch.Tensor] | None:
