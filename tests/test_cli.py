@@ -88,6 +88,16 @@ def test_list_names_everything() -> None:
         assert name in done.stdout
 
 
+def test_the_strategy_reference_table_in_the_docs_is_current() -> None:
+    """docs/strategies.md ends with ``forgetless list --markdown``: regenerate it when a
+    strategy or a parameter changes."""
+    from forgetless.strategies import strategy_table
+
+    docs = (Path(__file__).parent.parent / "docs" / "strategies.md").read_text(encoding="utf-8")
+    assert docs.endswith(strategy_table()), "run: forgetless list --markdown, and update docs/strategies.md"
+    assert forgetless("list", "--markdown").stdout == strategy_table()
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -287,20 +287,52 @@ def test_a_resume_runs_with_the_threads_the_killed_run_had(
         torch.set_num_threads(before)
 
 
-def test_a_fisher_penalty_that_lost_its_term_is_refused(
-    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Found by the hostile probe: a re-signed fine-tune checkpoint whose EWC term was removed
-    resumed without the penalty. After the pretrained model (task 0) EWC holds one term."""
-    from forgetless.training.checkpoint import write_manifest
+def _ft_edit_tensor(folder: Path, part: str, where: str, change) -> None:
+    """Replace the first tensor of ``part`` whose key contains ``where``."""
+    from safetensors.torch import load_file, save_file
 
-    out = killed_run(data, tmp_path / "killed", capsys, monkeypatch, "--strategies", "ewc", "--ewc-samples", "2")
-    folder = out / "checkpoint"
+    tensors = load_file(str(folder / f"{part}.safetensors"))
+    key = next(k for k in sorted(tensors) if where in k)
+    tensors[key] = change(tensors[key]).contiguous()
+    save_file(tensors, str(folder / f"{part}.safetensors"))
+
+
+def _ft_drop_terms(folder: Path) -> None:
     path = folder / "strategies.json"
     document = json.loads(path.read_text())
     document["data"]["state"]["ewc"]["penalty"]["terms"] = {}
     path.write_text(json.dumps(document))
+
+
+FT_EDITS = {
+    "penalty lost its term": (_ft_drop_terms, "ewc holds 0 penalty terms"),
+    "integer weights": (lambda f: _ft_edit_tensor(f, "model", "", lambda t: t.to(torch.int64)), "model.safetensors"),
+    "integer Fisher": (
+        lambda f: _ft_edit_tensor(f, "strategies", "importance", lambda t: t.to(torch.int64)),
+        "not a float tensor",
+    ),
+    "Adam moment misshapen": (
+        lambda f: _ft_edit_tensor(f, "optimizer", "exp_avg", lambda t: torch.zeros(3, 1)),
+        "exp_avg",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(FT_EDITS))
+def test_a_re_signed_edit_that_does_not_fit_the_fine_tune_is_refused(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, edit: str
+) -> None:
+    """Found by the hostile probe: a re-signed fine-tune checkpoint whose EWC term was removed,
+    whose weights or Fisher became integers, or whose Adam moment lost its shape, resumed into a
+    different report. After the pretrained model (task 0) EWC holds one term; every tensor must
+    have the dtype and shape of what it replaces."""
+    from forgetless.training.checkpoint import write_manifest
+
+    out = killed_run(data, tmp_path / "killed", capsys, monkeypatch, "--strategies", "ewc", "--ewc-samples", "2")
+    folder = out / "checkpoint"
+    change, says = FT_EDITS[edit]
+    change(folder)
     write_manifest(folder)
     code, _, err = run_cli(["finetune", "--resume", str(out), "--quiet"], capsys)
     line = one_error_line(err)
-    assert code == 2 and "strategies.json" in line and "ewc holds 0 penalty terms" in line, line
+    assert code == 2 and says in line, line

@@ -278,6 +278,14 @@ def test_gem_and_agem_train_in_the_learner() -> None:
 
 
 # -- DER / DER++ -----------------------------------------------------------------------------
+def _der_step(der, ctx: TrainingContext, batch: Batch) -> tuple[Batch, ModelOutput, torch.Tensor | None]:
+    """As the learner runs a step: replay rows appended, one forward, the strategy's terms."""
+    extra = der.replay_batch(ctx, batch)
+    full = batch if extra is None else batch.concat(extra)
+    output = ModelOutput(ctx.model(full.x))
+    return full, output, der.loss(ctx, full, output)
+
+
 def test_der_stores_logits_at_insertion_time() -> None:
     ctx = _context("class", epochs=1)
     der = _strategy(ctx, "der", buffer_size=200)
@@ -288,13 +296,14 @@ def test_der_stores_logits_at_insertion_time() -> None:
         ctx.advance(step=step)
         batch = _batch(ctx, start)
         ctx.advance(current_size=len(batch))
-        logits = ctx.model(batch.x)
-        loss = F.cross_entropy(logits, batch.y) + (der.loss(ctx, batch, ModelOutput(logits)) or 0.0)
+        full, output, term = _der_step(der, ctx, batch)
+        base = der.criterion(ctx, full, output)
+        loss = (F.cross_entropy(output.logits, full.y) if base is None else base) + (term or 0.0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        der.after_step(ctx, batch, ModelOutput(logits))
-        inserted[start] = logits.detach().clone()
+        der.after_step(ctx, full, output)
+        inserted[start] = output.logits[: len(batch)].detach().clone()
     stored = der.buffer.logits[:128]
     expected = torch.cat([inserted[s] for s in sorted(inserted)])
     assert torch.equal(stored, expected)  # 128 < 200 rows: reservoir keeps them in order
@@ -314,7 +323,7 @@ def test_der_fills_newly_active_outputs_and_keeps_the_rest() -> None:
     assert (before[:, 2:] == INACTIVE_LOGIT).all()
     ctx.advance(task_index=1, step=0)
     ctx.model.head.set_active_outputs(4)
-    der.loss(ctx, _batch(ctx, 0), ModelOutput(torch.zeros(16, 10)))
+    der.replay_batch(ctx, _batch(ctx, 0))
     after = der.buffer.logits[:16]
     assert torch.equal(after[:, :2], before[:, :2])
     live = ctx.model(ctx.prepare(der.buffer.inputs[:16])).detach()
@@ -337,7 +346,7 @@ def test_der_caps_newly_active_outputs_below_the_rows_stored_logits() -> None:
         ctx.model.head.linear.bias[2:4] += 100.0
     ctx.advance(task_index=1, step=0)
     ctx.model.head.set_active_outputs(4)
-    der.loss(ctx, _batch(ctx, 0), ModelOutput(torch.zeros(16, 10)))
+    der.replay_batch(ctx, _batch(ctx, 0))
     after = der.buffer.logits[:16]
     lowest = before[:, :2].min(dim=1, keepdim=True).values
     assert torch.equal(after[:, :2], before[:, :2])
@@ -348,7 +357,7 @@ def test_der_caps_newly_active_outputs_below_the_rows_stored_logits() -> None:
     with torch.no_grad():
         ctx.model.head.linear.bias[4:6] -= 100.0
     ctx.model.head.set_active_outputs(6)
-    der.loss(ctx, _batch(ctx, 0), ModelOutput(torch.zeros(16, 10)))
+    der.replay_batch(ctx, _batch(ctx, 0))
     live = ctx.model(ctx.prepare(der.buffer.inputs[:16])).detach()
     assert torch.equal(der.buffer.logits[:16, 4:6], live[:, 4:6])
 
@@ -376,7 +385,7 @@ def test_derpp_adds_replay_cross_entropy() -> None:
     ctx.advance(current_size=len(batch), step=1)
     der.after_step(ctx, batch, ModelOutput(ctx.model(batch.x).detach()))
     state = der.buffer.generator.get_state()
-    term = der.loss(ctx, batch, ModelOutput(ctx.model(batch.x)))
+    _, _, term = _der_step(der, ctx, batch)
     der.buffer.generator.set_state(state)
     der.buffer.sample(16)  # the DER draw (alpha = 0)
     sample = der.buffer.sample(16)

@@ -39,6 +39,28 @@ def names_for(stack: str) -> list[str]:
     return sorted(name for name, cls in discover().items() if stack in cls.stacks)
 
 
+def _default(info: Any) -> str:
+    value = info.get_default(call_default_factory=True)
+    return "unset" if value is None else repr(value)
+
+
+def strategy_table() -> str:
+    """Every registered strategy as one Markdown row: name, family, where it runs, the method,
+    and each hyperparameter (its ``--set`` name, default, meaning), read from the classes."""
+    rows = [
+        "| strategy | family | runs in | method | parameters (`--set NAME.PARAM=...`, default) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, cls in sorted(discover().items()):
+        params = "; ".join(
+            f"`{field}` = {_default(info)}: {info.description or ''}".rstrip(": ")
+            for field, info in cls.Params.model_fields.items()
+        )
+        summary = cls.summary.replace("|", "\\|")
+        rows.append(f"| `{name}` | {cls.family} | {', '.join(cls.stacks)} | {summary} | {params or '-'} |")
+    return "\n".join(rows) + "\n"
+
+
 def make_strategies(
     combination: str,
     params: dict[str, dict[str, Any]] | None = None,
@@ -52,6 +74,10 @@ def make_strategies(
     params = params or {}
     shared = shared or {}
     names = [n.strip() for n in combination.split("+")]
+    if not all(names):
+        raise ConfigError(
+            f"strategy {combination!r} holds an empty method name: name each method once, e.g. ewc or ewc+er"
+        )
     if len(set(names)) != len(names):
         raise ConfigError(f"strategy {combination!r} names a method twice: list each once")
     out: list[Strategy] = []
@@ -90,5 +116,6 @@ __all__ = [
     "discover",
     "make_strategies",
     "names_for",
+    "strategy_table",
     "register",
 ]

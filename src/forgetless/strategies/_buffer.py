@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
 from forgetless.errors import ConfigError
 from forgetless.models.heads import INACTIVE_LOGIT
@@ -349,9 +350,27 @@ class MemoryBuffer:
                 f"match this run ({self.capacity}, {self.selection}): resume with the same settings"
             )
         self.seen, self.size = int(state["seen"]), int(state["size"])
+        if not 0 <= self.size <= min(self.capacity, self.seen):
+            raise ValueError(f"buffer size {self.size} is not within the capacity and the rows seen ({self.seen})")
         self.generator.set_state(state["generator"].clone())
         for name in _FIELDS:
             setattr(self, name, state[name].clone() if name in state else None)
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """Loaded tensors as :meth:`_allocate` makes them: one row per slot, integer labels,
+        tasks, groups and active counts, float logits and priorities."""
+        for name in _FIELDS:
+            tensor = getattr(self, name)
+            if tensor is None:
+                continue
+            if tensor.dim() == 0 or tensor.shape[0] != self.capacity:
+                raise ValueError(f"buffer {name} has shape {list(tensor.shape)}, not {self.capacity} rows")
+            wants_float = name in ("logits", "priorities")
+            if name != "inputs" and tensor.is_floating_point() != wants_float:
+                raise ValueError(f"buffer {name} has dtype {tensor.dtype}")
+            if name in ("labels", "tasks", "groups", "active") and tensor.dim() != 1:
+                raise ValueError(f"buffer {name} has shape {list(tensor.shape)}, not one value per row")
 
 
 def run_seed(ctx: TrainingContext, offset: int) -> int:
@@ -457,3 +476,8 @@ class ReplayStrategy(Strategy):
 
     def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
         self.buffer.load_state_dict(state["buffer"])
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether ``model`` normalises by batch statistics (rows in one forward interact)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

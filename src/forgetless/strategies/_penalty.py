@@ -431,7 +431,26 @@ class AnchoredPenalty:
             weight = entry["weight"]
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
                 raise ValueError(f"penalty term {t}: weight {weight!r} is not a finite number >= 0")
-            self.add_term(entry.get("importance"), entry.get("anchor"), float(weight), entry["names"])
+            names = entry["names"]
+            if not names or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"penalty term {t}: names {names!r} must list the parameters it holds")
+            for part in ("importance", "anchor"):
+                for name, value in (entry.get(part) or {}).items():
+                    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                        raise ValueError(f"penalty term {t}: {part} of {name} is not a float tensor")
+            self.add_term(entry.get("importance"), entry.get("anchor"), float(weight), names)
+
+    def check_fits(self, model: nn.Module) -> None:
+        """Every term's parameters exist in ``model`` with the shapes the term holds."""
+        params = dict(model.named_parameters())
+        for t, term in enumerate(self.terms):
+            for name, shape in zip(term.names, term.shapes or [None] * len(term.names)):
+                if name not in params:
+                    raise ValueError(f"penalty term {t} names {name!r}, which the model does not have")
+                if shape is not None and tuple(shape) != tuple(params[name].shape):
+                    raise ValueError(
+                        f"penalty term {t}: {name} is {list(shape)}, the model's {list(params[name].shape)}"
+                    )
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -494,6 +513,7 @@ class PenaltyStrategy(Strategy):
         """The saved penalty, refused when its term count cannot belong to the tasks done
         (``ctx.task_index``): a checkpoint that lost a term would resume without it."""
         self.penalty.load_state_dict(state["penalty"])
+        self.penalty.check_fits(ctx.model)
         expected = self.expected_terms(ctx.task_index)
         if expected is not None and len(self.penalty.terms) != expected:
             raise ValueError(

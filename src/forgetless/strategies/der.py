@@ -45,8 +45,10 @@ from pydantic import BaseModel, Field
 from forgetless.strategies import register
 from forgetless.strategies._buffer import (
     BufferParams,
+    BufferSample,
     ReplayStrategy,
     active_outputs,
+    has_batch_norm,
     masked_logit_mse,
 )
 from forgetless.strategies.base import Batch, ModelOutput, TrainingContext
@@ -106,17 +108,59 @@ class DER(ReplayStrategy):
         buffer.logits[: buffer.size, :width][new] = values[new]
         buffer.active[: buffer.size] = torch.maximum(stored.active, live_active)
 
-    def _before_loss(self, ctx: TrainingContext) -> None:
+    def setup(self, ctx: TrainingContext) -> None:
+        super().setup(ctx)
+        self.shared_forward = not has_batch_norm(ctx.model)
+        """The buffer rows ride in the learner's forward (no BatchNorm: the same arithmetic as a
+        forward of their own); with BatchNorm they get their own forward, as in the paper's code,
+        so that the current batch's statistics are not mixed with the buffer's."""
+        self._drawn: list[BufferSample] = []
+        self._start = 0
+
+    def samples(self, ctx: TrainingContext) -> list[BufferSample]:
+        """The step's buffer samples: ``x'`` (and DER++'s ``x''``); none while the buffer is empty."""
+        first = self.draw(ctx)
+        return [] if first is None else [first]
+
+    def replay_batch(self, ctx: TrainingContext, batch: Batch) -> Batch | None:
+        """Record the future logits at a class-IL task's first step, then draw the samples;
+        without BatchNorm they are appended to the batch (one forward for every row)."""
         if ctx.step == 0 and ctx.scenario.kind == "class" and self.params.fill_future_logits:
             self.fill_future_logits(ctx)
+        self._drawn = self.samples(ctx)
+        if not self._drawn or not self.shared_forward:
+            return None
+        self._start = len(batch)
+        parts = [sample.to_batch(ctx) for sample in self._drawn]
+        return parts[0] if len(parts) == 1 else parts[0].concat(parts[1])
+
+    def _appended(self) -> int:
+        """How many rows of the batch are this strategy's (0: none, or their own forward)."""
+        return sum(len(s.labels) for s in self._drawn) if self.shared_forward else 0
+
+    def criterion(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor | None:
+        """The learner's cross-entropy over every row except the buffer rows appended here (their
+        terms are eq. 4 and 6 in :meth:`loss`); ``None`` (the default) when none were appended."""
+        count = self._appended()
+        if count == 0:
+            return None
+        start, end = self._start, self._start + count
+        keep = torch.cat([torch.arange(start), torch.arange(end, len(batch))]).to(output.logits.device)
+        return F.cross_entropy(output.logits[keep], batch.y[keep])
+
+    def buffer_logits(self, ctx: TrainingContext, output: ModelOutput) -> torch.Tensor:
+        """The live logits of the drawn samples, in order: from the learner's forward, or their own."""
+        if self._appended():
+            return output.logits[self._start : self._start + self._appended()]
+        replay = [sample.to_batch(ctx) for sample in self._drawn]
+        both = replay[0] if len(replay) == 1 else replay[0].concat(replay[1])
+        return ctx.model(both.x, both.task_ids)
 
     def loss(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor | None:
-        self._before_loss(ctx)
-        sample = self.draw(ctx)
-        if sample is None:
+        if not self._drawn:
             return None
-        replay = sample.to_batch(ctx)
-        live = ctx.model(replay.x, replay.task_ids)
+        (sample,) = self._drawn
+        live = self.buffer_logits(ctx, output)
         return self.params.alpha * self.logit_error(live, sample.logits, sample.active)
 
     def logit_error(self, live: torch.Tensor, stored: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
@@ -132,17 +176,18 @@ class DERPlusPlus(DER):
     summary = "DER++: DER plus cross-entropy on a second buffer sample"
     Params: ClassVar[type[BaseModel]] = DERPPParams
 
-    def loss(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor | None:
-        """Both buffer samples go through the model in one forward pass (same arithmetic as
-        two passes, larger matrix products); eq. 6: alpha * MSE(x') + beta * CE(x'')."""
-        self._before_loss(ctx)
+    def samples(self, ctx: TrainingContext) -> list[BufferSample]:
         first = self.draw(ctx)
-        if first is None:
+        return [] if first is None else [first, self.draw(ctx)]
+
+    def loss(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor | None:
+        """Eq. 6: alpha * MSE(x') + beta * CE(x''). Both buffer samples go through one forward,
+        the learner's own when the model has no BatchNorm (same arithmetic, larger products)."""
+        if not self._drawn:
             return None
-        second = self.draw(ctx)
-        both = first.to_batch(ctx).concat(second.to_batch(ctx))
-        live = ctx.model(both.x, both.task_ids)
+        first, second = self._drawn
+        live = self.buffer_logits(ctx, output)
         n = len(first.labels)
         matching = self.logit_error(live[:n], first.logits, first.active)
-        cross_entropy = F.cross_entropy(live[n:], both.y[n:])
+        cross_entropy = F.cross_entropy(live[n:], second.labels.to(live.device))
         return self.params.alpha * matching + self.params.beta * cross_entropy

@@ -31,6 +31,7 @@ line instead of resuming into different results.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,79 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         raise CheckpointError(f"checkpoint RNG state is malformed: {error}") from None
 
 
+# -- tensors and optimizer state against what they replace ---------------------------------------
+def _describe(tensor: torch.Tensor) -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}"
+
+
+def check_tensors_fit(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str) -> None:
+    """Every saved tensor has the dtype and shape of the one it replaces (``load_state_dict``
+    would cast integer weights silently): one line naming the file and the tensor."""
+    for name, value in saved.items():
+        target = expected.get(name)
+        if target is None or not isinstance(value, torch.Tensor):
+            continue
+        if value.dtype != target.dtype or value.shape != target.shape:
+            raise CheckpointError(
+                f"checkpoint {where}: {name} is {_describe(value)}, the model's is {_describe(target)}: "
+                "the checkpoint was edited or belongs to another model; start the run again"
+            )
+
+
+STATEFUL_OPTIMIZERS = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad")
+"""Optimizers that hold a state for every parameter they have updated (SGD only with momentum)."""
+
+
+def _same_kind(value: Any, fresh: Any) -> bool:
+    """Whether a saved optimizer setting has the type of the freshly built optimizer's."""
+    if isinstance(fresh, bool) or fresh is None:
+        return value is None or isinstance(value, bool)
+    if isinstance(fresh, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(fresh, (list, tuple)):
+        return isinstance(value, (list, tuple)) and len(value) == len(fresh) and all(map(_same_kind, value, fresh))
+    return isinstance(value, type(fresh))
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any, steps_taken: int, where: str) -> None:
+    """The saved state of ``optimizer`` (``optimizer.state_dict()`` form) fits the one just built:
+    the same parameter groups with settings of the same types, a state tensor of each parameter's
+    shape, and a state at all after ``steps_taken`` steps of an optimizer that keeps one."""
+
+    def refuse(problem: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {where}: {problem}: the checkpoint was edited; start the run again")
+
+    fresh = optimizer.state_dict()
+    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list):
+        raise refuse("the optimizer state has no param_groups")
+    groups = saved["param_groups"]
+    if len(groups) != len(fresh["param_groups"]):
+        raise refuse(f"{len(groups)} parameter groups, this run has {len(fresh['param_groups'])}")
+    params: dict[int, torch.Tensor] = {}
+    for number, (group, built, live) in enumerate(zip(groups, fresh["param_groups"], optimizer.param_groups)):
+        if not isinstance(group, dict) or set(group) != set(built) or list(group["params"]) != built["params"]:
+            raise refuse(f"parameter group {number} does not match this run's")
+        for key, value in group.items():
+            if key != "params" and not _same_kind(value, built[key]):
+                raise refuse(f"param_groups[{number}].{key} is {value!r}, not like {built[key]!r}")
+        params.update(zip(built["params"], live["params"]))
+    state = saved.get("state")
+    if not isinstance(state, dict):
+        raise refuse("the optimizer state has no per-parameter state")
+    for key, entry in state.items():
+        param = params.get(int(key)) if str(key).isdigit() else None
+        if param is None or not isinstance(entry, dict):
+            raise refuse(f"state of parameter {key!r}, which this run's optimizer does not have")
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                if value.shape != param.shape or not value.is_floating_point():
+                    raise refuse(f"state[{key}].{name} is {_describe(value)}, its parameter {list(param.shape)}")
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the optimizer
+    stateful = type(inner).__name__ in STATEFUL_OPTIMIZERS or any(g.get("momentum") for g in groups)
+    if steps_taken > 0 and stateful and not state and any(p.requires_grad for p in params.values()):
+        raise refuse(f"the optimizer state is empty after {steps_taken} steps")
+
+
 # -- the learner's state ----------------------------------------------------------------------
 @dataclass
 class ResumePoint:
@@ -295,8 +369,10 @@ class ResumePoint:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         generator: torch.Generator,
         name: str,
+        steps_taken: int = 0,
     ) -> None:
         """Put a rebuilt task's optimizer, schedule and RNGs back where the checkpoint was."""
+        check_optimizer_state(optimizer, self.optimizer, steps_taken, "optimizer.json")
         try:
             optimizer.load_state_dict(self.optimizer)
             if scheduler is not None and self.scheduler is not None:
@@ -384,6 +460,7 @@ def _restore_weights(learner: Learner, state: dict[str, Any]) -> None:
             raise CheckpointError(
                 f"checkpoint strategies.json: the state of {strategy.name} does not fit: {error}"
             ) from None
+    check_tensors_fit(state["model"], learner.model.state_dict(), "model.safetensors")
     missing, unexpected = learner.model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -55,6 +55,7 @@ from forgetless.training.checkpoint import (
     _Rng,
     _schema_error,
     capture_rng,
+    check_optimizer_state,
     load_tensors,
     read_tree,
     restore_rng,
@@ -323,7 +324,10 @@ class FinetuneCheckpoints(TrainerCallback):
             for name, value in saved.weights.items():
                 if tuple(value.shape) != tuple(params[name].shape):
                     raise _invalid(saved.folder, "model.safetensors", f"{name}: shape {tuple(value.shape)}")
+                if value.is_floating_point() != params[name].is_floating_point():
+                    raise _invalid(saved.folder, "model.safetensors", f"{name}: dtype {value.dtype}")
                 params[name].copy_(value.to(params[name].device, params[name].dtype))
+        check_optimizer_state(optimizer, saved.optimizer.get("optimizer"), saved.step, "optimizer.json")
         try:
             optimizer.load_state_dict(saved.optimizer["optimizer"])
             lr_scheduler.load_state_dict(saved.optimizer["scheduler"])
