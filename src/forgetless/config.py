@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -14,6 +15,12 @@ from forgetless.errors import ConfigError
 
 MAX_SEED = 2**63 - 1
 """The largest seed: torch generators and numpy take 64-bit seeds, and seeds travel as int64."""
+
+MAX_DEPTH = 32
+"""The deepest nesting of a YAML config (a config is fields, ``params`` a mapping per strategy)."""
+
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest YAML config read (1 MiB): a config is a short text, not a data file."""
 
 DEFAULT_STRATEGIES = ("naive", "ewc", "er", "joint")
 """What ``forgetless run`` compares by default: the disease (naive fine-tuning), one regularizer
@@ -48,8 +55,19 @@ class RunConfig(BaseModel):
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     model: str | None = None
-    """``mlp``, ``cnn``, ``reduced-resnet18``, ``resnet18``/``34``/``50``, or ``package.module:factory``
+    """``mlp``, ``cnn``, ``reduced-resnet18``, ``resnet18``/``34``/``50``, ``hf:NAME_OR_PATH`` (a pretrained
+    ``transformers`` vision encoder, :mod:`forgetless.models.hf_vision`), or ``package.module:factory``
     (a function of the input shape returning any feature extractor, :func:`forgetless.models.model.user_backbone`)."""
+    freeze_backbone: bool = False
+    """Train the head only (``requires_grad=False`` on the backbone): linear probe of a pretrained
+    ``hf:`` encoder, the frozen feature extractor of prompt-style protocols."""
+    channels_last: bool = False
+    """Convolution models (cnn, ResNets, a user's conv backbone): weights and training batches in
+    ``torch.channels_last`` memory format (faster convolutions on GPUs and oneDNN CPUs); a no-op
+    for models without ``Conv2d`` layers (MLP) and for ``hf:`` transformers."""
+    compile: bool = False
+    """``torch.compile`` the training forward (:mod:`forgetless.training.compiled`); refused in
+    one line where the installed torch cannot compile on the run's device."""
     hidden: list[int] | None = None
     """MLP widths, CNN channels, or a ResNet's base width (``[20]`` for reduced-resnet18)."""
     init: Literal["pytorch", "xavier"] = "pytorch"
@@ -87,15 +105,30 @@ class RunConfig(BaseModel):
     # reliability
     checkpoint_every: int | None = Field(None, ge=1)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_kinds(cls, value: Any, info: ValidationInfo) -> Any:
+        """No silent coercion, for every field: text (``seed: '0'``) or a boolean (``epochs: true``)
+        is refused where a number is expected, text or a number where a boolean is, an empty path;
+        pydantic checks the rest. ``1e-3`` in a YAML file is a number (:func:`load_config_file`)."""
+        problem = _wrong_kind(value, cls.model_fields[info.field_name or ""].annotation)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str | None) -> str | None:
         from forgetless.models.resnet import RESNETS
 
         kinds = ("mlp", "cnn", *RESNETS)
-        if value is None or value in kinds or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+        if value is None or value in kinds or re.fullmatch(r"hf:\S+", value):
             return value
-        raise ValueError(f"unknown model {value!r}: one of {', '.join(kinds)}, or package.module:factory")
+        if not value.startswith("hf:") and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            return value
+        raise ValueError(
+            f"unknown model {value!r}: one of {', '.join(kinds)}, hf:NAME_OR_PATH, or package.module:factory"
+        )
 
     @field_validator("hidden")
     @classmethod
@@ -145,9 +178,48 @@ class RunConfig(BaseModel):
     @classmethod
     def _no_empty_names(cls, value: list[str]) -> list[str]:
         names = [v.strip() for v in value]
-        if any(not n or any(not part.strip() for part in n.split("+")) for n in names):
-            raise ValueError("strategy names must be non-empty, e.g. naive,ewc or ewc+er")
+        for name in names:
+            if not name or any(not part.strip() for part in name.split("+")):
+                which = f"{name!r} holds an empty method name" if name else f"{','.join(names)!r} holds an empty name"
+                raise ValueError(f"{which}: strategy names must be non-empty, e.g. naive,ewc or ewc+er")
         return names
+
+
+_NUMBERS = {int: "an integer", float: "a number"}
+
+
+def _wrong_kind(value: Any, annotation: Any) -> str | None:
+    """What is wrong with ``value`` for a field typed ``annotation`` (text or a boolean for a number,
+    text or a number for a boolean, an empty path), or ``None``; other mismatches are pydantic's."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Union or origin is types.UnionType:
+        if value is None:
+            return None
+        problems = [_wrong_kind(value, kind) for kind in args if kind is not type(None)]
+        return None if any(p is None for p in problems) else problems[0]
+    if origin is list and args and isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = _wrong_kind(item, args[0])
+            if problem is not None:
+                return f"item {index} is {problem}"
+        return None
+    if annotation in _NUMBERS:
+        want = _NUMBERS[annotation]
+        if isinstance(value, bool):
+            return f"{str(value).lower()} (a boolean) where {want} is expected: give {want}"
+        if isinstance(value, str):
+            return f"the text {_shown(value)} where {want} is expected: write the number unquoted"
+    if annotation is bool and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return f"{_shown(value)} where a boolean is expected: write true or false, unquoted"
+    if annotation is Path and isinstance(value, str) and not value.strip():
+        return "an empty path: name a folder (. for the current one), or leave it unset"
+    return None
+
+
+def _shown(value: Any, width: int = 40) -> str:
+    """``repr(value)``, cut to about ``width`` characters."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _non_finite(value: Any) -> str | None:
@@ -186,14 +258,79 @@ def make_config(**values: Any) -> RunConfig:
         raise ConfigError(describe_validation_error(error)) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` (no Python objects) that reads ``1e-3`` as the number it is, as YAML 1.2
+    does (PyYAML's YAML 1.1 wants a dot and a signed exponent, ``1.0e-3``, and makes ``1e-3`` text)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+FLOW_DEPTH_LIMIT = 8 * MAX_DEPTH
+"""Raw ``[``/``{`` nesting refused before parsing (brackets in strings counted too, hence the margin)."""
+
+
+def _bracket_depth(text: str, limit: int = FLOW_DEPTH_LIMIT) -> int:
+    """The deepest nesting of ``[``/``{`` brackets in ``text`` (raw characters), up to ``limit + 1``."""
+    depth = deepest = 0
+    for match in re.finditer(r"[\[\]{}]", text):
+        depth = depth + 1 if match.group() in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
+    return deepest
+
+
+def _too_deep(data: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether mappings/lists in ``data`` nest more than ``limit`` levels (or loop: ``&a [*a]``);
+    level by level, each shared node once (an anchor bomb costs its distinct nodes, not its paths)."""
+    level = [data]
+    for _ in range(limit):
+        children: dict[int, Any] = {}
+        for item in level:
+            values = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+            children.update((id(v), v) for v in values if isinstance(v, (dict, list)))
+        if not children:
+            return False
+        level = list(children.values())
+    return True
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a YAML config (``yaml.safe_load``: no Python objects) into a dict of fields."""
+    """Read a YAML config (UTF-8 text, safe loading: no Python objects) into a dict of fields.
+
+    Numbers are written unquoted (``seed: 0``; ``seed: '0'`` is text and refused for a number
+    field); ``1e-3`` reads as a number (YAML 1.2), like ``1.0e-3`` and ``0.001``.
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than 1 MiB: a config must be a short UTF-8 YAML text")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}): "
+            "a config must be UTF-8 YAML text; save it as UTF-8"
+        ) from None
+    if _bracket_depth(text) > FLOW_DEPTH_LIMIT:  # PyYAML's scanner takes quadratic time on these
+        raise _too_deep_error(path)
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+    except RecursionError:  # too deep for the parser itself
+        raise _too_deep_error(path) from None
+    except yaml.reader.ReaderError as error:
+        raise ConfigError(
+            f"config file {path} holds the control character U+{error.character:04X} (offset {error.position}): "
+            "a config must be UTF-8 YAML text"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -202,6 +339,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
+    if _too_deep(data):
+        raise _too_deep_error(path)
     where = _non_string_key(data)
     if where is not None:
         raise ConfigError(
@@ -211,18 +350,31 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _non_string_key(data: Any, prefix: str = "") -> str | None:
-    """The dotted path of the first non-string mapping key in ``data`` (YAML ``1:`` or ``true:``)."""
+def _too_deep_error(path: Path) -> ConfigError:
+    return ConfigError(
+        f"config file {path} is nested too deeply (more than {MAX_DEPTH} levels): a config holds field: value "
+        "lines, params one mapping of parameters per strategy; flatten it"
+    )
+
+
+def _non_string_key(data: Any, prefix: str = "", seen: set[int] | None = None) -> str | None:
+    """The dotted path of the first non-string mapping key in ``data`` (YAML ``1:`` or ``true:``);
+    a node shared through YAML anchors is looked at once."""
+    seen = set() if seen is None else seen
+    if isinstance(data, (dict, list)):
+        if id(data) in seen:
+            return None
+        seen.add(id(data))
     if isinstance(data, dict):
         for key, value in data.items():
             if not isinstance(key, str):
                 return f"{prefix}{key!r}"
-            found = _non_string_key(value, f"{prefix}{key}.")
+            found = _non_string_key(value, f"{prefix}{key}.", seen)
             if found is not None:
                 return found
     elif isinstance(data, list):
         for index, value in enumerate(data):
-            found = _non_string_key(value, f"{prefix}{index}.")
+            found = _non_string_key(value, f"{prefix}{index}.", seen)
             if found is not None:
                 return found
     return None
@@ -242,8 +394,8 @@ def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not strategy or not field:
             raise ConfigError(f"--set {item!r} must look like STRATEGY.PARAM=VALUE, e.g. ewc.ewc_lambda=100")
         try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
+            parsed = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader, 1e-3 a number
+        except (yaml.YAMLError, RecursionError):
             parsed = value
         params.setdefault(strategy, {})[field] = parsed
     return params

@@ -32,9 +32,19 @@ _RUN_DIR: list[Path | None] = [None]
 
 
 def _split_list(value: str | None) -> list[str] | None:
+    """``"a, b"`` -> ``["a", "b"]``; an empty item stays (``"a,,b"``) for the validators to refuse."""
     if value is None:
         return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+    return [v.strip() for v in value.split(",")] if value.strip() else []
+
+
+def _path_option(value: str | None, flag: str) -> Path | None:
+    """A path option as a Path; an empty one (``--out ""``) is refused, not read as the current folder."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise ConfigError(f"{flag} is empty: name a folder (. for the current one), or leave {flag} off")
+    return Path(value)
 
 
 @app.command()
@@ -52,9 +62,20 @@ def run(
     lr: Optional[float] = typer.Option(None, help="learning rate"),
     optimizer: Optional[str] = typer.Option(None, help="adam | sgd"),
     model: Optional[str] = typer.Option(
-        None, help="mlp | cnn | reduced-resnet18 | resnet18 | resnet34 | resnet50 | package.module:factory"
+        None,
+        help="mlp | cnn | reduced-resnet18 | resnet18 | resnet34 | resnet50 | hf:NAME_OR_PATH (pretrained "
+        "transformers vision encoder) | package.module:factory",
     ),
-    hidden: Optional[str] = typer.Option(None, help="hidden widths, e.g. 400,400"),
+    freeze_backbone: Optional[bool] = typer.Option(
+        None, "--freeze-backbone/--train-backbone", help="train the head only (linear probe of a pretrained backbone)"
+    ),
+    channels_last: Optional[bool] = typer.Option(
+        None, "--channels-last/--no-channels-last", help="conv models: NHWC weights and batches (no-op for MLP/ViT)"
+    ),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the training forward"),
+    hidden: Optional[str] = typer.Option(
+        None, help="hidden widths, e.g. 400,400 (at least one; leave it off for the model's default)"
+    ),
     init: Optional[str] = typer.Option(None, help="weight init: pytorch (default) | xavier"),
     buffer_size: Optional[int] = typer.Option(None, help="replay budget in samples"),
     augment: Optional[str] = typer.Option(None, help="none (default) | crop-flip: batched, on the device"),
@@ -74,20 +95,20 @@ def run(
     ),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
-    data_dir: Optional[Path] = typer.Option(
-        None, help="folder holding the data set files (split-image-folder: the folder of your images)"
+    data_dir: Optional[str] = typer.Option(
+        None, metavar="PATH", help="folder holding the data set files (split-image-folder: the folder of your images)"
     ),
     image_size: Optional[int] = typer.Option(
         None, help="resize image-file data sets (image folder, Tiny-ImageNet, CORe50) to NxN pixels"
     ),
     no_download: bool = typer.Option(False, "--no-download", help="never download data"),
     set_: list[str] = typer.Option([], "--set", help="strategy parameter, e.g. ewc.ewc_lambda=100"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with the same fields"),
-    out: Optional[Path] = typer.Option(None, help="results folder (default: runs/<name>-<time>)"),
+    config: Optional[str] = typer.Option(None, "--config", metavar="PATH", help="YAML file with the same fields"),
+    out: Optional[str] = typer.Option(None, metavar="PATH", help="results folder (default: runs/<name>-<time>)"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing results folder"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
-    resume: Optional[Path] = typer.Option(
-        None, "--resume", help="continue the run in this folder from its last checkpoint"
+    resume: Optional[str] = typer.Option(
+        None, "--resume", metavar="PATH", help="continue the run in this folder from its last checkpoint"
     ),
 ) -> None:
     """Train strategies on a continual-learning benchmark and report forgetting.
@@ -97,7 +118,11 @@ def run(
     """
     from forgetless.config import load_config_file, make_config, parse_assignments
 
-    values: dict[str, Any] = load_config_file(config) if config else {}
+    config_file, out_dir, data_folder, resume_dir = (
+        _path_option(value, flag)
+        for value, flag in ((config, "--config"), (out, "--out"), (data_dir, "--data-dir"), (resume, "--resume"))
+    )
+    values: dict[str, Any] = load_config_file(config_file) if config_file is not None else {}
     flags = {
         "benchmark": benchmark,
         "scenario": scenario,
@@ -126,32 +151,40 @@ def run(
         "eval_precision": eval_precision,
         "device": device,
         "threads": threads,
-        "data_dir": data_dir,
+        "data_dir": data_folder,
         "image_size": image_size,
-        "out": out,
+        "out": out_dir,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if no_download:
         values["download"] = False
+    for name, flag in (("freeze_backbone", freeze_backbone), ("channels_last", channels_last), ("compile", compile_)):
+        if flag is not None:  # a flag left off keeps the --config file's value
+            values[name] = flag
     if set_:
         merged = dict(values.get("params") or {})
         for name, extra in parse_assignments(set_).items():
             merged[name] = {**merged.get(name, {}), **extra}
         values["params"] = merged
-    if resume is not None:
-        _run(_resume_config(resume, values), force=False, quiet=quiet, resume=True)
+    if resume_dir is not None:
+        _run(_resume_config(resume_dir, values), force=False, quiet=quiet, resume=True)
         return
     cfg = make_config(**values)
     _run(cfg, force=force, quiet=quiet)
 
 
 def _parse_widths(hidden: str | None) -> list[int] | None:
-    if not hidden:
+    """``--hidden 400,400`` -> ``[400, 400]``; an empty value or item (``--hidden ""``, ``400,,400``)
+    is refused: a model has at least one hidden width, and leaving the option off gives the default."""
+    if hidden is None:
         return None
     try:
-        return [int(h) for h in _split_list(hidden) or []]
+        return [int(h) for h in hidden.split(",")]
     except ValueError:
-        raise ConfigError(f"--hidden {hidden!r} must be comma-separated integers, e.g. 400,400") from None
+        raise ConfigError(
+            f"--hidden {hidden!r} must be comma-separated integers, e.g. 400,400 "
+            "(leave --hidden off for the model's default widths)"
+        ) from None
 
 
 def _resume_config(folder: Path, given: dict[str, Any]):
@@ -200,6 +233,14 @@ def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
     from forgetless.training.experiment import default_out_dir, run_experiment, validate
 
     cfg = validate(cfg)
+    if cfg.compile:  # --compile and --model hf: are checked before the run folder is written
+        from forgetless.training.compiled import check_compile
+
+        check_compile(cfg.device)
+    if cfg.model and cfg.model.startswith("hf:"):
+        from forgetless.models.hf_vision import vision_config
+
+        vision_config(cfg.model)
     out = cfg.out or default_out_dir(cfg)
     cfg = cfg.model_copy(update={"out": out})
     if resume:
@@ -264,12 +305,19 @@ def _run(cfg, force: bool, quiet: bool, resume: bool = False) -> None:
 
 
 @app.command("list")
-def list_names() -> None:
+def list_names(
+    markdown: bool = typer.Option(
+        False, "--markdown", help="the strategies' reference table (docs/strategies.md) in Markdown"
+    ),
+) -> None:
     """Benchmarks, scenarios and strategies (with their family), one line each."""
     from forgetless.data.benchmarks import BENCHMARKS
     from forgetless.data.scenarios import SCENARIOS
-    from forgetless.strategies import discover
+    from forgetless.strategies import discover, strategy_table
 
+    if markdown:
+        typer.echo(strategy_table(), nl=False)
+        return
     for title, rows in (
         ("benchmarks", [(b.name, f"{b.description} [default: {b.scenario}-IL]") for b in BENCHMARKS.values()]),
         ("scenarios", list(SCENARIOS.items())),

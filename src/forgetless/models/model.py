@@ -10,6 +10,7 @@ from torch import nn
 from forgetless.errors import ConfigError
 from forgetless.models.backbones import mlp, small_cnn
 from forgetless.models.heads import IncrementalHead, MultiHead
+from forgetless.models.hf_vision import hf_vision_backbone, is_hf_vision
 from forgetless.models.init import Init, initialise
 from forgetless.models.resnet import RESNETS, resnet
 
@@ -76,7 +77,17 @@ def user_backbone(spec: str, input_shape: tuple[int, ...]) -> tuple[nn.Module, i
             f"--model {spec}: cannot load {attribute!r} from {module_name!r} ({error}); give package.module:factory, "
             "importable from here"
         ) from None
-    backbone = factory(tuple(input_shape))
+    shape = tuple(input_shape)
+    must = f"a factory is a function of the input shape (a tuple such as {shape}) that returns a torch nn.Module"
+    if not callable(factory):
+        raise ConfigError(f"--model {spec}: {attribute!r} is a {type(factory).__name__}, not a function: {must}")
+    try:
+        backbone = factory(shape)
+    except Exception as error:  # not a factory of backbones (os:system), or the user's factory failed
+        detail = " ".join(str(error).split())[:200]
+        raise ConfigError(
+            f"--model {spec}: calling {attribute}({shape}) raised {type(error).__name__} ({detail}): {must}"
+        ) from None
     if not isinstance(backbone, nn.Module):
         raise ConfigError(f"--model {spec}: the factory returned a {type(backbone).__name__}, not a torch nn.Module")
     return backbone, feature_width(backbone, input_shape)
@@ -98,12 +109,16 @@ def build_model(
     multi_head: bool,
     hidden: list[int],
     init: Init = "pytorch",
+    freeze_backbone: bool = False,
 ) -> ContinualModel:
     """Build the backbone of ``kind`` and the head the scenario needs, initialised by ``init``.
 
     ``kind``: ``mlp``, ``cnn``, a ResNet (:mod:`forgetless.models.resnet`; ``hidden[0]`` is its base
-    width) or ``package.module:factory`` (:func:`user_backbone`). ``head_sizes`` holds one output
-    count per task for a multi-head model, else one entry.
+    width), ``hf:NAME_OR_PATH`` (a pretrained ``transformers`` vision encoder,
+    :mod:`forgetless.models.hf_vision`; ``init`` then initialises the head only) or
+    ``package.module:factory`` (:func:`user_backbone`). ``head_sizes`` holds one output count per
+    task for a multi-head model, else one entry. ``freeze_backbone``: the backbone's parameters
+    get ``requires_grad=False`` (linear probe, prompt-style protocols): only the head trains.
     """
     if kind == "mlp":
         backbone, width = mlp(input_shape, hidden)
@@ -111,11 +126,15 @@ def build_model(
         backbone, width = small_cnn(input_shape, hidden)
     elif kind in RESNETS:
         backbone, width = resnet(kind, input_shape, hidden[0] if hidden else None)
+    elif is_hf_vision(kind):
+        backbone, width = hf_vision_backbone(kind, input_shape)
     elif ":" in kind:
         backbone, width = user_backbone(kind, input_shape)
     else:
         raise ValueError(f"unknown model kind {kind!r}")
     head = MultiHead(width, head_sizes) if multi_head else IncrementalHead(width, head_sizes[0])
     model = ContinualModel(backbone, head)
-    initialise(model, init)
+    initialise(head if is_hf_vision(kind) else model, init)  # pretrained weights are kept
+    if freeze_backbone:
+        backbone.requires_grad_(False)
     return model

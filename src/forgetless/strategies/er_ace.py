@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from forgetless.strategies import register
-from forgetless.strategies._buffer import ReplayStrategy
 from forgetless.strategies.base import Batch, ModelOutput, TrainingContext
+from forgetless.strategies.er import ExperienceReplay
 
 
 def asymmetric_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, current: int, mask: bool) -> torch.Tensor:
@@ -42,15 +42,13 @@ def asymmetric_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, current
 
 
 @register
-class ERACE(ReplayStrategy):
+class ERACE(ExperienceReplay):
+    """ER's memory and replay rows (:class:`~forgetless.strategies.er.ExperienceReplay`), eq. 5's loss."""
+
     name = "er-ace"
     family = "replay"
     speed_target = 2.0
     summary = "ER-ACE: experience replay with the asymmetric cross-entropy (new rows among their own classes)"
-
-    def replay_batch(self, ctx: TrainingContext, batch: Batch) -> Batch | None:
-        sample = self.draw(ctx)
-        return None if sample is None else sample.to_batch(ctx)
 
     def criterion(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor:
         return asymmetric_cross_entropy(output.logits, batch.y, ctx.current_size, mask=ctx.task_index > 0)

@@ -168,7 +168,7 @@ class PackNet(IsolationStrategy):
             n_keep = round(keep * int(free.sum()))
             magnitude = torch.where(free, weight.abs(), -1.0).reshape(-1)
             top = torch.topk(magnitude, n_keep).indices if n_keep else magnitude.new_zeros(0).long()
-            owner.view(-1)[top] = task
+            owner.copy_(owner.flatten().index_fill(0, top, task).view(owner.shape))  # any memory format
             weight.masked_fill_(owner == free_value, 0.0)
             kept += n_keep
         return kept

@@ -39,7 +39,7 @@ class TopKMask(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, scores: torch.Tensor, k: int) -> torch.Tensor:  # noqa: D102
-        mask = torch.zeros_like(scores)
+        mask = torch.zeros_like(scores, memory_format=torch.contiguous_format)  # view(-1) below
         mask.view(-1)[torch.topk(scores.reshape(-1), k, sorted=False).indices] = 1.0
         return mask
 

@@ -86,6 +86,7 @@ def run_model(config: RunConfig, scenario: Scenario) -> nn.Module:
         multi_head=scenario.uses_task_id,
         hidden=list(config.hidden or [400, 400]),
         init=config.init,
+        freeze_backbone=config.freeze_backbone,
     )
 
 

@@ -27,8 +27,8 @@ from torch import nn
 
 from forgetless.config import RunConfig
 from forgetless.data.scenarios import Scenario
+from forgetless.errors import ConfigError
 from forgetless.models.heads import IncrementalHead
-from forgetless.models.model import forward_with_features
 from forgetless.strategies.base import (
     Batch,
     FlatGradient,
@@ -40,6 +40,7 @@ from forgetless.strategies.base import (
 )
 from forgetless.training import checkpoint as ckpt
 from forgetless.training.augment import crop_flip, default_padding
+from forgetless.training.compiled import channels_last_batch, training_forward, uses_convolutions
 from forgetless.training.evaluation import accuracy_rows
 from forgetless.training.nonfinite import NonFiniteWatch
 from forgetless.training.optim import build_optimizer, build_scheduler
@@ -107,7 +108,14 @@ class Learner:
             replacement = strategy.setup(self.ctx)
             if replacement is not None:
                 self.ctx.model = replacement.to(self.device)
+        self._channels_last = config.channels_last and uses_convolutions(self.model)  # --channels-last
+        if self._channels_last:
+            self.ctx.model = self.model.to(memory_format=torch.channels_last)
+        self._forward = training_forward(config.compile, config.device)  # --compile: training.compiled
         self.hooks = {h: [s for s in strategies if type(s).overrides(h)] for h in _HOOKS}
+        if len(self.hooks["criterion"]) > 1:
+            names = " and ".join(s.name for s in self.hooks["criterion"])
+            raise ConfigError(f"{names} both replace the base loss (criterion): combine at most one of them")
         self.rows: list[np.ndarray] = []
         self.task_labels = scenario.task_labels()
         """Class-IL: each task's labels, for the task-IL rows; ``None`` otherwise."""
@@ -213,7 +221,7 @@ class Learner:
         optimizer = build_optimizer(self.model, config)
         scheduler = build_scheduler(optimizer, config, total)
         if resume is not None:
-            resume.restore(optimizer, scheduler, self.generator, self.name)
+            resume.restore(optimizer, scheduler, self.generator, self.name, ctx.step)
         self._schedule_next_event()
         stop = False
         self.model.train()
@@ -329,8 +337,10 @@ class Learner:
             extra = strategy.replay_batch(ctx, batch)
             if extra is not None and len(extra):
                 batch = batch.concat(extra)
+        if self._channels_last:
+            batch.x = channels_last_batch(batch.x)
         with self.precision.autocast():
-            output = ModelOutput(*forward_with_features(model, batch.x, batch.task_ids))
+            output = ModelOutput(*self._forward(model, batch.x, batch.task_ids))
             loss = self._base_loss(batch, output)
             for strategy in hooks["loss"]:
                 term = strategy.loss(ctx, batch, output)

@@ -38,7 +38,8 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -630,6 +631,30 @@ def _hub_error(spec: str, error: Exception) -> DataError:
     return DataError(f"{spec}: datasets.load_dataset failed ({type(error).__name__}: {detail})")
 
 
+HUB_LOGGERS = ("huggingface_hub", "datasets", "fsspec", "filelock", "urllib3")
+"""Loggers that report each retry of an unreachable hub on stderr (11 lines before the error)."""
+
+
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """The hub libraries' log records and warnings off while a data set loads: a failure is
+    reported in one line (:func:`_hub_error`), not after the retry log of ``huggingface_hub``."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in HUB_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL + 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def load_hub_dataset(spec: str) -> Any:
     """``hub:NAME[:SPLIT]`` through ``datasets.load_dataset(NAME, split=SPLIT)`` (``train``, or the
     only split, when none is named); a one-line DataError offline or for an unknown name."""
@@ -640,7 +665,8 @@ def load_hub_dataset(spec: str) -> Any:
         raise DataError(f"{spec!r}: name the data set, hub:NAME[:SPLIT] (e.g. hub:tatsu-lab/alpaca:train)")
     datasets = require("datasets", f"{spec} (a Hugging Face hub data set)")
     try:
-        loaded = datasets.load_dataset(name, split=split or None)
+        with _quiet_hub():
+            loaded = datasets.load_dataset(name, split=split or None)
     except KeyboardInterrupt:
         raise
     except Exception as error:  # offline, unknown name or split, a broken script: all the user's to fix
