@@ -246,3 +246,14 @@ def test_an_empty_hidden_width_is_refused(tmp_path: Path, capsys: pytest.Capture
         f"error: --hidden {hidden!r} must be comma-separated integers, e.g. 400,400 "
         "(leave --hidden off for the model's default widths)"
     )
+
+
+@pytest.mark.parametrize("kind", ["task", "domain"])
+def test_a_task_of_one_class_is_refused_where_its_head_would_have_one_output(kind: str) -> None:
+    """Found by the hostile probe: 4 classes in 3 task-IL tasks gave a one-class task whose one-output
+    head scored 1.0 whatever the model learnt."""
+    from forgetless.training.experiment import load_scenario, resolve
+
+    config = resolve(make_config(benchmark="split-digits", scenario=kind, tasks=10))
+    with pytest.raises(ConfigError, match="leave a task with one class"):
+        load_scenario(config, 0)

@@ -180,6 +180,12 @@ def split(
     else:
         base, extra = divmod(n_classes, n_tasks)
         sizes = [base + (1 if i < extra else 0) for i in range(n_tasks)]
+    if kind in ("task", "domain") and min(sizes) < 2:
+        raise ConfigError(
+            f"{n_classes} classes of {data.name} in {n_tasks} tasks leave a task with one class: its "
+            f"{kind}-IL head has one output and scores 1.0 whatever the model learns; choose --tasks "
+            f"at most {n_classes // 2}, or --scenario class"
+        )
     if kind == "domain" and len(set(sizes)) > 1:
         raise ConfigError(
             f"domain-incremental split needs the same number of classes in every task; "
