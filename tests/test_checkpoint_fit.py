@@ -118,6 +118,14 @@ EDITS: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda f: _edit_json(f, "strategies", lambda d: _ewc_term(d).__setitem__("99", dict(_ewc_term(d)["0"]))),
         "holds 2 penalty terms",
     ),
+    "loop epoch forged in range": (
+        lambda f: _edit_json(f, "learner", lambda d: d["loop"].__setitem__("epoch", 1 - d["loop"]["epoch"])),
+        "loop.step",
+    ),
+    "penalty weight forged in range": (
+        lambda f: _edit_json(f, "strategies", lambda d: _ewc_term(d)["0"].__setitem__("weight", 0.0)),
+        "always writes 1.0",
+    ),
 }
 
 

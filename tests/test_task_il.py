@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 from torch import nn
 
-from cli_helpers import FAST, finished_run, run_cli
+from cli_helpers import FAST, finished_run, one_error_line, run_cli
 from forgetless.data import scenarios
 from forgetless.data.benchmarks import build_scenario
 from forgetless.data.digits import load_digits_dataset
@@ -191,7 +191,7 @@ def test_a_checkpoint_from_before_task_il_resumes_without_it(
     shutil.copytree(reference, run)
     folder = run / ckpt.CHECKPOINT
     learner, experiment = ckpt.read_tree(folder, "learner"), ckpt.read_tree(folder, "experiment")
-    del learner["result"]["task_il_rows"]
+    del learner["result"]["task_il_rows"], learner["result"]["task_il"]  # neither existed then
     for record in experiment["completed"]:
         del record["task_il_matrix"]
     ckpt.write_tree(folder, "learner", learner)
@@ -219,3 +219,20 @@ def test_a_checkpoint_with_task_il_rows_that_do_not_match_is_refused(
     ckpt.write_manifest(folder)
     code, _, err = run_cli(["run", "--resume", str(run)], capsys)
     assert code == 2 and "result.task_il_rows" in err and "learner.json" in err
+
+
+def test_a_checkpoint_whose_task_il_rows_were_deleted_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the hostile probe: deleting the rows alone (re-signed) took the old-checkpoint path
+    and resumed without a task-IL matrix; the checkpoint says that the run keeps them."""
+    run = finished_run(tmp_path / "run", "--strategies", "naive")
+    folder = run / ckpt.CHECKPOINT
+    learner = ckpt.read_tree(folder, "learner")
+    assert learner["result"]["task_il"] is True
+    del learner["result"]["task_il_rows"]
+    ckpt.write_tree(folder, "learner", learner)
+    ckpt.write_manifest(folder)
+    code, _, err = run_cli(["run", "--resume", str(run)], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "task_il_rows is missing" in line, line

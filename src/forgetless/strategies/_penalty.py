@@ -509,11 +509,22 @@ class PenaltyStrategy(Strategy):
         checkpoint is loaded); ``None``: not determined by the count alone."""
         return None
 
+    def term_weight(self) -> float | None:
+        """The weight every term of this strategy carries (checked on load); ``None``: varies."""
+        return 1.0
+
     def load_state_dict(self, state: dict[str, Any], ctx: TrainingContext) -> None:
         """The saved penalty, refused when its term count cannot belong to the tasks done
         (``ctx.task_index``): a checkpoint that lost a term would resume without it."""
         self.penalty.load_state_dict(state["penalty"])
         self.penalty.check_fits(ctx.model)
+        weight = self.term_weight()
+        if weight is not None and any(term.weight != weight for term in self.penalty.terms):
+            found = sorted({term.weight for term in self.penalty.terms})
+            raise ValueError(
+                f"{self.name}'s penalty terms weigh {found}, where it always writes {weight}: the checkpoint "
+                "was edited; start the run again"
+            )
         expected = self.expected_terms(ctx.task_index)
         if expected is not None and len(self.penalty.terms) != expected:
             raise ValueError(

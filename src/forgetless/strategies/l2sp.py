@@ -62,6 +62,10 @@ class L2SP(PenaltyStrategy):
     def penalty_scale(self, ctx: TrainingContext) -> float:
         return 0.5
 
+    def term_weight(self) -> None:
+        """alpha toward the start point, beta for new parameters: two weights."""
+        return None
+
     def before_task(self, ctx: TrainingContext) -> None:
         alpha = per_scenario(self.params.alpha, ALPHA_DEFAULTS, ctx.scenario.kind)
         start = snapshot(ctx.model)

@@ -49,6 +49,10 @@ class OnlineEWC(PenaltyStrategy):
         """The running Fisher ``F*`` (``None`` before the first task ends)."""
         return self.penalty.term_dicts(0)[0] if self.penalty.terms else None
 
+    def term_weight(self) -> float:
+        """The running Fisher's term carries gamma (eq. 8's decay of the previous sum)."""
+        return self.params.gamma
+
     def expected_terms(self, tasks_done: int) -> int:
         """One consolidated term once a task has finished."""
         return min(tasks_done, 1)

@@ -363,6 +363,14 @@ class ResumePoint:
     rng: dict[str, Any]
     elapsed: float
 
+    def check_position(self, step: int, steps_per_epoch: int) -> None:
+        """The step count, the epoch and the position in it must tell the same moment."""
+        if step != self.epoch * steps_per_epoch + self.position or self.position > steps_per_epoch:
+            raise CheckpointError(
+                f"checkpoint learner.json: loop.step {step} is not epoch {self.epoch} x {steps_per_epoch} "
+                f"batches + position {self.position}: the checkpoint was edited; start the run again"
+            )
+
     def restore(
         self,
         optimizer: torch.optim.Optimizer,
@@ -424,6 +432,7 @@ def capture_learner(
             "baseline": torch.from_numpy(np.asarray(result.baseline, dtype=np.float64)),
             "rows": _rows(learner.rows),
             "task_il_rows": _rows(learner.task_il_rows),
+            "task_il": learner.task_il_rows is not None,
             "train_seconds": list(result.train_seconds),
             "eval_seconds": result.eval_seconds,
             "steps": list(result.steps),
@@ -494,6 +503,11 @@ def restore_learner(learner: Learner, state: dict[str, Any]) -> ResumePoint | No
     learner.result.baseline = result["baseline"].numpy()
     learner.rows = [row.numpy() for row in result["rows"]]
     task_il_rows = result.get("task_il_rows")
+    if result.get("task_il") and task_il_rows is None:
+        raise CheckpointError(
+            "checkpoint learner.json: result.task_il_rows is missing, but the run keeps task-IL rows: "
+            "the checkpoint was edited; start the run again"
+        )
     if learner.task_labels is None or (task_il_rows is None and learner.rows):
         learner.task_il_rows = None  # not class-IL, or a checkpoint from before task-IL rows
     else:
@@ -751,6 +765,8 @@ class _Result(_Part):
     baseline: Tensor
     rows: list[Tensor]
     task_il_rows: list[Tensor] | None = None
+    task_il: bool | None = None
+    """Whether the run keeps task-IL rows (absent in checkpoints from before they existed)."""
     train_seconds: list[Seconds]
     eval_seconds: Seconds
     steps: list[Count]

@@ -221,6 +221,7 @@ class Learner:
         optimizer = build_optimizer(self.model, config)
         scheduler = build_scheduler(optimizer, config, total)
         if resume is not None:
+            resume.check_position(ctx.step, steps_per_epoch)
             resume.restore(optimizer, scheduler, self.generator, self.name, ctx.step)
         self._schedule_next_event()
         stop = False
