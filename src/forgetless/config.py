@@ -270,6 +270,15 @@ _Loader.add_implicit_resolver(
 )
 
 
+def safe_yaml(text: str) -> Any:
+    """One YAML document read by :class:`_Loader` (a ``yaml.SafeLoader``: no tags run code)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 FLOW_DEPTH_LIMIT = 8 * MAX_DEPTH
 """Raw ``[``/``{`` nesting refused before parsing (brackets in strings counted too, hence the margin)."""
 
@@ -323,7 +332,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if _bracket_depth(text) > FLOW_DEPTH_LIMIT:  # PyYAML's scanner takes quadratic time on these
         raise _too_deep_error(path)
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+        data = safe_yaml(text)
     except RecursionError:  # too deep for the parser itself
         raise _too_deep_error(path) from None
     except yaml.reader.ReaderError as error:
@@ -394,7 +403,7 @@ def parse_assignments(items: list[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not strategy or not field:
             raise ConfigError(f"--set {item!r} must look like STRATEGY.PARAM=VALUE, e.g. ewc.ewc_lambda=100")
         try:
-            parsed = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader, 1e-3 a number
+            parsed = safe_yaml(value)  # 1e-3 a number
         except (yaml.YAMLError, RecursionError):
             parsed = value
         params.setdefault(strategy, {})[field] = parsed
