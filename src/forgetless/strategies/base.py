@@ -333,7 +333,8 @@ class Strategy:
     stacks: ClassVar[tuple[str, ...]] = ("run",)
     """Where the method runs: ``run`` (continual-learning runs) and ``finetune`` (a Hugging Face
     fine-tune, :mod:`forgetless.integrations.hf.strategies`: only the hooks that serves, data
-    read through ``ctx.importance_samples``, a ``loss`` hook that needs no batch)."""
+    read through ``ctx.importance_samples``; ``loss`` and ``criterion`` get a ``TokenBatch`` and the
+    Hugging Face output)."""
 
     def __init__(self, **params: Any):
         try:
