@@ -49,6 +49,27 @@ class IncrementalHead(nn.Module):
         return logits
 
 
+def set_active_outputs(model: nn.Module, count: int) -> None:
+    """Class-IL: let the first ``count`` outputs of every :class:`IncrementalHead` in ``model`` compete."""
+    for module in model.modules():
+        if isinstance(module, IncrementalHead):
+            module.set_active_outputs(count)
+
+
+def outputs_seen(
+    active_outputs: list[int] | None, task_index: int, labels: torch.Tensor, active: int | None
+) -> int | None:
+    """Class-IL: the outputs live while task ``task_index`` trains on ``labels``: its classes and
+    every earlier one (the scenario's ``active_outputs``, or more where a ``training_set`` hook
+    brought higher labels); never fewer than ``active``. ``None`` outside class-IL."""
+    if not active_outputs:
+        return None
+    seen = active_outputs[task_index]
+    if len(labels):
+        seen = max(seen, int(labels.max()) + 1)
+    return max(seen, active or 0)
+
+
 class MultiHead(nn.Module):
     """One linear head per task (task-incremental learning); the task id picks the head.
 

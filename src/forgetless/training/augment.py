@@ -15,6 +15,8 @@ never to evaluation or importance estimation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 import torch
@@ -43,3 +45,12 @@ def crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator) -> torc
     images = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[images, rows[:, :, None], cols[:, None, :]]  # [N, H, W, C]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def training_augmentation(
+    kind: Augmentation, padding: int | None, input_shape: tuple[int, ...], generator: torch.Generator
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``--augment``'s batch transform (``None`` for ``none``); ``padding`` ``None``: :func:`default_padding`."""
+    if kind != "crop-flip":
+        return None
+    return partial(crop_flip, padding=default_padding(input_shape) if padding is None else padding, generator=generator)

@@ -33,6 +33,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -349,6 +351,64 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any, steps_ta
 
 
 # -- the learner's state ----------------------------------------------------------------------
+Scheduler = torch.optim.lr_scheduler.LRScheduler | None
+OnCheckpoint = Callable[[dict[str, Any]], None]
+"""``on_checkpoint(state)``: persist :func:`capture_learner`'s state (the experiment does)."""
+
+
+class CheckpointEvents:
+    """When the learner's loop must look up from its steps: every ``every`` steps for a mid-task
+    checkpoint (when a writer is set), or at once after a Ctrl-C (:meth:`interrupt`).
+
+    The loop compares one integer per step with :attr:`next_step` and calls :meth:`fire` when it
+    is reached; no checkpoint is ever taken of weights a non-finite step touched.
+    """
+
+    def __init__(self, every: int | None) -> None:
+        self.every = every or 0
+        self.interrupted = False
+        self.next_step = sys.maxsize
+
+    def schedule(self, clock: Any, writing: bool) -> None:
+        """The global step at which the loop must next look up (``writing``: a writer is set)."""
+        self.next_step = sys.maxsize
+        if self.every and writing:
+            self.next_step = clock.global_step + self.every - clock.step % self.every
+        if self.interrupted:
+            self.next_step = 0
+
+    def interrupt(self) -> None:
+        """Ctrl-C: checkpoint after the current step, then raise :class:`RunInterrupted`."""
+        self.interrupted = True
+        self.next_step = 0
+
+    def fire(
+        self,
+        learner: Learner,
+        loop: dict[str, Any],
+        order: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Scheduler,
+        stop: bool,
+    ) -> None:
+        """A mid-task checkpoint (every ``every`` steps, or on Ctrl-C); ``loop``: epoch, next
+        position and elapsed seconds. A step that stopped the task is followed at once by the
+        end-of-task checkpoint, so it takes none here."""
+        clock, writer = learner.ctx.clock, learner.on_checkpoint
+        learner.nonfinite.check()
+        due = self.interrupted or bool(self.every and clock.step % self.every == 0)
+        if due and not stop and writer is not None:
+            writer(capture_learner(learner, loop, order, optimizer, scheduler))
+            if self.interrupted:
+                raise RunInterrupted(f"Ctrl-C at task {clock.task_index}, step {clock.step} of {learner.name}")
+        self.schedule(clock, writer is not None)
+
+    def after_task(self, name: str, task_index: int) -> None:
+        """After the end-of-task checkpoint: raise :class:`RunInterrupted` if Ctrl-C was pressed."""
+        if self.interrupted:
+            raise RunInterrupted(f"Ctrl-C after task {task_index} of {name}")
+
+
 @dataclass
 class ResumePoint:
     """Where a mid-task checkpoint stopped: the rest of the task is replayed from here."""
@@ -374,7 +434,7 @@ class ResumePoint:
     def restore(
         self,
         optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        scheduler: Scheduler,
         generator: torch.Generator,
         name: str,
         steps_taken: int = 0,
@@ -399,7 +459,7 @@ def capture_learner(
     in_task: dict[str, Any] | None = None,
     order: torch.Tensor | None = None,
     optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scheduler: Scheduler = None,
 ) -> dict[str, Any]:
     """Everything needed to continue ``learner``'s run exactly (tensors and JSON values).
 

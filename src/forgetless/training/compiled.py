@@ -96,3 +96,21 @@ def training_forward(compile_: bool, device: str) -> Any:
         return forward_with_features
     check_compile(device)
     return CompiledForward()
+
+
+def prepare_training(model: nn.Module, channels_last: bool, compile_: bool, device: str) -> tuple[nn.Module, Any]:
+    """The model in its training memory format and the learner's training forward.
+
+    ``--channels-last`` (where the model has convolutions): the weights and every training
+    batch (current and replay rows) in NHWC; ``--compile``: :func:`training_forward`.
+    """
+    forward = training_forward(compile_, device)
+    if not (channels_last and uses_convolutions(model)):
+        return model, forward
+
+    def nhwc_forward(
+        module: nn.Module, x: torch.Tensor, task_ids: torch.Tensor | int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return forward(module, channels_last_batch(x), task_ids)
+
+    return model.to(memory_format=torch.channels_last), nhwc_forward

@@ -10,6 +10,7 @@ a non-finite step touched.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -54,3 +55,12 @@ class NonFiniteWatch:
         if step >= 0:
             self._first = None
             raise NumericalError(self.describe(int(step), value))
+
+
+def loss_message(name: str, where: Any, step: int, value: float) -> str:
+    """The learner's message for a non-finite loss of run ``name`` (``where``: its training context)."""
+    return (
+        f"the loss became {value} at task {where.task_index}, step {step} ({name}): lower the "
+        f"learning rate (--lr) or the strategy's weight (e.g. --set ewc.ewc_lambda=...); results of "
+        f"completed tasks were kept"
+    )

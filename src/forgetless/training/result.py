@@ -42,6 +42,12 @@ class RunResult:
     def wall_seconds(self) -> float:
         return float(sum(self.train_seconds) + self.eval_seconds)
 
+    def record_rows(self, rows: list[np.ndarray], task_il_rows: list[np.ndarray] | None, strategies: list) -> None:
+        """Set the matrices from the rows so far and each strategy's :meth:`report` (if any)."""
+        self.matrix = np.stack(rows)
+        self.task_il_matrix = np.stack(task_il_rows) if task_il_rows else None
+        self.report = {s.name: extra for s in strategies if (extra := s.report())}
+
     def metrics(self, joint: np.ndarray | None = None) -> dict[str, float]:
         """:func:`~forgetless.metrics.summarize` of the matrix, plus ``task_il_acc`` and
         ``task_il_bwt`` where the run has a task-IL matrix."""
