@@ -356,10 +356,16 @@ def test_core50_new_instances_and_new_classes_scenarios(core50_root: Path) -> No
     with pytest.raises(ConfigError, match="choose --tasks between 1 and 8"):
         build_scenario("core50-ni", n_tasks=9, data_dir=core50_root, download=False)
 
-    nc = build_scenario("core50-nc", data_dir=core50_root, download=False)
-    assert nc.kind == "class" and nc.num_tasks == 10 and nc.head_sizes == [50]
-    assert nc.tasks[1].classes == (5, 6, 7, 8, 9) and nc.tasks[1].train_x.shape[0] == 5 * 8
+    nc = build_scenario("core50-nc", data_dir=core50_root, download=False)  # 10 objects, then 8 x 5
+    assert nc.kind == "class" and nc.num_tasks == 9 and nc.head_sizes == [50]
+    assert [len(t.classes) for t in nc.tasks] == [10] + [5] * 8 and nc.active_outputs == list(range(10, 51, 5))
+    assert nc.tasks[0].classes == tuple(range(10)) and nc.tasks[0].train_x.shape[0] == 10 * 8
+    assert nc.tasks[1].classes == (10, 11, 12, 13, 14) and nc.tasks[1].train_x.shape[0] == 5 * 8
     assert nc.tasks[1].test_x.shape[0] == 5 * 3
+    five = build_scenario("core50-nc", n_tasks=5, data_dir=core50_root, download=False)
+    assert [len(t.classes) for t in five.tasks] == [10, 10, 10, 10, 10]
+    with pytest.raises(ConfigError, match="choose --tasks between 2 and 41"):
+        build_scenario("core50-nc", n_tasks=42, data_dir=core50_root, download=False)
     by_category = build_scenario("core50-nc-category", data_dir=core50_root, download=False)
     assert by_category.num_tasks == 5 and by_category.tasks[0].classes == (0, 1)
     assert by_category.tasks[0].train_x.shape[0] == 10 * 8

@@ -24,6 +24,8 @@ class Benchmark:
     hidden: tuple[int, ...] = (400, 400)
     epochs: int = 1
     description: str = ""
+    first_task_classes: int | None = None
+    """Split benchmarks: the first task's classes (the rest shared evenly), else all even."""
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -154,12 +156,13 @@ BENCHMARKS: dict[str, Benchmark] = {
             "core50-nc",
             "core50",
             "split",
-            10,
+            9,
             "class",
             "reduced-resnet18",
             (20,),
             1,
-            "CORe50 new classes: 10 tasks of 5 objects (sessions s3, s7, s10 test)",
+            "CORe50 new classes (Lomonaco & Maltoni 2017): 10 objects, then 8 tasks of 5 (s3, s7, s10 test)",
+            first_task_classes=10,
         ),
         Benchmark(
             "core50-ni-category",
@@ -226,7 +229,7 @@ def build_scenario(
         elif not (_sorted(data.train_y) and _sorted(data.test_y)):
             check_copy_fits(data, f"{name}'s split (its images are not stored class by class)")
         order = scenarios.class_order(data.num_classes, class_order_seed)
-        scenario = scenarios.split(data, n_tasks, kind, order)
+        scenario = scenarios.split(data, n_tasks, kind, order, first_task_classes=bench.first_task_classes)
     elif bench.builder == "domains":
         scenario = scenarios.by_domain(data, n_tasks, kind)
     elif bench.builder == "permuted":

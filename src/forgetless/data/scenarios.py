@@ -154,11 +154,14 @@ def split(
     kind: ScenarioKind = "class",
     order: list[int] | None = None,
     classes_per_task: int | None = None,
+    first_task_classes: int | None = None,
 ) -> Scenario:
     """Split the classes of ``data`` into ``n_tasks`` disjoint groups, in ``order``.
 
     With ``classes_per_task`` unset the classes are shared out as evenly as possible (earlier
-    tasks get one more when they do not divide). Domain-IL needs equal groups.
+    tasks get one more when they do not divide). ``first_task_classes`` gives the first task
+    that many classes and shares the rest among the other tasks (CORe50-NC's 10 + 8 x 5,
+    Lomonaco & Maltoni 2017). Domain-IL needs equal groups.
     """
     _check_kind(kind)
     n_classes = data.num_classes
@@ -177,6 +180,15 @@ def split(
                 f"{data.name}: lower --tasks or the classes per task"
             )
         sizes = [classes_per_task] * n_tasks
+    elif first_task_classes is not None:
+        rest = n_classes - first_task_classes
+        if n_tasks < 2 or not 1 <= first_task_classes or rest < n_tasks - 1:
+            raise ConfigError(
+                f"a first task of {first_task_classes} classes leaves {rest} of the {n_classes} classes of "
+                f"{data.name} for {n_tasks - 1} more tasks: choose --tasks between 2 and {rest + 1}"
+            )
+        base, extra = divmod(rest, n_tasks - 1)
+        sizes = [first_task_classes] + [base + (1 if i < extra else 0) for i in range(n_tasks - 1)]
     else:
         base, extra = divmod(n_classes, n_tasks)
         sizes = [base + (1 if i < extra else 0) for i in range(n_tasks)]
