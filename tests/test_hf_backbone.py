@@ -108,12 +108,28 @@ def test_run_through_the_cli_naive_ewc_er(vit_dir: Path, tmp_path: Path, capsys:
     argv = ["run", *FAST, "--model", f"hf:{vit_dir}", "--strategies", "naive,ewc,er", "--out", str(out)]
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
+    assert "Loading weights" not in err  # --quiet: no transformers progress bar either
     runs = json.loads((out / "metrics.json").read_text())["runs"]
     assert set(runs) == {"naive", "ewc", "er"}
     # a resume with another --channels-last / --compile value is refused like any other setting
     for flag, field in (("--channels-last", "channels_last"), ("--compile", "compile")):
         code, _, err = run_cli(["run", "--resume", str(out), flag, "--quiet"], capsys)
         assert code == 2 and f"{field}: False in the run, True now" in one_error_line(err)
+
+
+def test_a_relative_hf_folder_is_saved_absolute_and_resumes_from_another_folder(
+    vit_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    monkeypatch.chdir(vit_dir.parent)
+    argv = ["run", *FAST, "--model", f"hf:{vit_dir.name}", "--strategies", "naive", "--out", str(out)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert f"model: hf:{vit_dir.resolve()}" in (out / "config.yaml").read_text()
+    (out / "metrics.json").unlink()  # a resume must rebuild the model from the checkpoint
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["run", "--resume", str(out), "--quiet"], capsys)
+    assert code == 0, err
 
 
 def test_freeze_backbone_trains_the_head_only(vit_dir: Path) -> None:

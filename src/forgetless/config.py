@@ -122,7 +122,10 @@ class RunConfig(BaseModel):
         from forgetless.models.resnet import RESNETS
 
         kinds = ("mlp", "cnn", *RESNETS)
-        if value is None or value in kinds or re.fullmatch(r"hf:\S+", value):
+        if value is not None and re.fullmatch(r"hf:\S+", value):
+            local = Path(value.removeprefix("hf:")).expanduser()  # a folder: absolute, so a resume
+            return f"hf:{local.resolve()}" if local.is_dir() else value  # from another cwd finds it
+        if value is None or value in kinds:
             return value
         if not value.startswith("hf:") and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
             return value

@@ -22,6 +22,8 @@ The pretrained weights are kept: ``--init`` initialises the head only.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,20 @@ def vision_config(spec: str) -> tuple[str, Any, bool]:
     return source, config, local
 
 
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """``transformers``' "Loading weights" bar off while the encoder loads, as it was after."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def hf_vision_backbone(spec: str, input_shape: tuple[int, ...]) -> tuple[HFVisionBackbone, int]:
     """``hf:NAME_OR_PATH`` -> ``(backbone, hidden_size)``, pretrained weights loaded in float32.
 
@@ -161,7 +177,8 @@ def hf_vision_backbone(spec: str, input_shape: tuple[int, ...]) -> tuple[HFVisio
         if torch.get_default_device().type == "meta":
             encoder = AutoModel.from_config(config, **kwargs)
         else:
-            encoder = AutoModel.from_pretrained(source, local_files_only=local, **kwargs)
+            with _no_progress_bar():  # a run shows its own progress (and none under --quiet)
+                encoder = AutoModel.from_pretrained(source, local_files_only=local, **kwargs)
     except (OSError, ValueError) as error:
         raise DataError(f"cannot load the weights of {name}: {error}".splitlines()[0]) from None
     encoder = encoder.float()
