@@ -32,6 +32,7 @@ Hooks a strategy does not override cost nothing: the learner only calls overridd
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -404,3 +405,12 @@ class Strategy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode that no gradient reaches (the "old model" of LwF,
+    iCaRL and generative replay's previous scholar)."""
+    old = copy.deepcopy(model).eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    return old

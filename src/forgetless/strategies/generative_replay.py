@@ -15,7 +15,6 @@ Generated inputs are rounded to the data's compact dtype, like real inputs.
 
 from __future__ import annotations
 
-import copy
 import math
 import zlib
 from typing import Any, ClassVar
@@ -27,7 +26,7 @@ from torch import nn
 
 from forgetless.strategies import register
 from forgetless.strategies._buffer import run_seed
-from forgetless.strategies.base import Batch, ModelOutput, Strategy, TrainingContext
+from forgetless.strategies.base import Batch, ModelOutput, Strategy, TrainingContext, frozen_copy
 
 
 class GenerativeReplayParams(BaseModel):
@@ -72,13 +71,6 @@ class VAE(nn.Module):
         return torch.sigmoid(self.decode_logits(z)).view(n, *self.input_shape)
 
 
-def _frozen(module: nn.Module) -> nn.Module:
-    copied = copy.deepcopy(module).eval()
-    for p in copied.parameters():
-        p.requires_grad_(False)
-    return copied
-
-
 @register
 class GenerativeReplay(Strategy):
     name = "generative-replay"
@@ -102,8 +94,8 @@ class GenerativeReplay(Strategy):
     def before_task(self, ctx: TrainingContext) -> None:
         """Freeze the scholar (generator + solver) that has learned every task so far."""
         if ctx.task_index > 0:
-            self.previous_vae = _frozen(self.vae)
-            self.previous_solver = _frozen(ctx.model)
+            self.previous_vae = frozen_copy(self.vae)
+            self.previous_solver = frozen_copy(ctx.model)
             self.previous_tasks = ctx.task_index
 
     def _compact(self, ctx: TrainingContext, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -176,7 +168,7 @@ class GenerativeReplay(Strategy):
         self.random.set_state(state["random"].clone())
         self.previous_tasks = int(state["previous_tasks"])
         if "previous_vae" in state:
-            self.previous_vae = _frozen(self.vae)
+            self.previous_vae = frozen_copy(self.vae)
             self.previous_vae.load_state_dict(state["previous_vae"])
-            self.previous_solver = _frozen(ctx.model)  # the learner's architecture, saved weights
+            self.previous_solver = frozen_copy(ctx.model)  # the learner's architecture, saved weights
             self.previous_solver.load_state_dict(state["previous_solver"])

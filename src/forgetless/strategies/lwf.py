@@ -23,7 +23,6 @@ docs/tuning-regularization.md.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 
 from forgetless.models import INACTIVE_LOGIT, ContinualModel
 from forgetless.strategies import register
-from forgetless.strategies.base import Batch, ModelOutput, Strategy, TrainingContext
+from forgetless.strategies.base import Batch, ModelOutput, Strategy, TrainingContext, frozen_copy
 
 
 class LwFParams(BaseModel):
@@ -67,7 +66,7 @@ class LwF(Strategy):
         self.old_model: nn.Module | None = None
 
     def before_task(self, ctx: TrainingContext) -> None:
-        self.old_model = None if ctx.task_index == 0 else _frozen_copy(ctx.model)
+        self.old_model = None if ctx.task_index == 0 else frozen_copy(ctx.model)
 
     def loss(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> torch.Tensor | None:
         if self.old_model is None or ctx.task_index == 0 or self.params.alpha == 0:
@@ -110,13 +109,5 @@ class LwF(Strategy):
         """Restore the frozen old model: a copy of the run's model holding the saved weights."""
         self.old_model = None
         if "old_model" in state:
-            self.old_model = _frozen_copy(ctx.model)
+            self.old_model = frozen_copy(ctx.model)
             self.old_model.load_state_dict(state["old_model"])
-
-
-def _frozen_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode that no gradient reaches."""
-    old = copy.deepcopy(model).eval()
-    for p in old.parameters():
-        p.requires_grad_(False)
-    return old
