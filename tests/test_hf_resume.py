@@ -139,10 +139,13 @@ def test_resumed_run_reports_the_same_forgetting_as_an_uninterrupted_one(tmp_pat
     assert logged == list(zip(got["steps"], got["curve"], strict=True))
 
 
-def test_every_evaluation_is_in_the_trainer_log(tmp_path: Path) -> None:
+@pytest.mark.parametrize("trainer_cls", [ForgetlessTrainer, Trainer])
+def test_every_evaluation_is_in_the_trainer_log(tmp_path: Path, trainer_cls) -> None:
+    """A stock Trainer too, without ``attach``: the callback finds the trainer that runs it."""
     spy = Spy()
     guard = ForgettingCallback(perplexity_tracker())
-    trainer = train(ForgetlessTrainer, arguments(tmp_path, save_strategy="no"), guard, spy)
+    trainer = train(trainer_cls, arguments(tmp_path, save_strategy="no"), guard, spy)
+    assert guard._trainer is not None and guard._trainer() is trainer
     entries = {e["step"]: e for e in trainer.state.log_history if f"keep/{KEEP}" in e}
     assert sorted(entries) == [0, 2, 4, 6, 8]
     for record in guard.tracker.history:

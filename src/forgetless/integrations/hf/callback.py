@@ -17,12 +17,13 @@ and every ``report_to`` integration) at its step as ``keep/<capability>`` (the m
 accuracies), ``forget/worst`` (the largest drop) and ``task/<task>`` (the new task's metric,
 when the tracker has one); a stop logs ``forget/stopped_at_step`` and ``forget/restored_step``.
 A :class:`~forgetless.integrations.hf.trainer.ForgettingTrainerMixin` trainer
-(``ForgetlessTrainer``, ``ForgetlessSFTTrainer``) attaches its callbacks itself; with a plain
-``Trainer`` or TRL ``SFTTrainer`` call ``callback.attach(trainer)`` (a callback is handed the
-model, optimizer and loaders, never the trainer), else the entries reach ``log_history`` only
-(no integration sees them). The entries go through ``Trainer.log`` itself, not a subclass's
-``log`` (TRL's would fold its averaged training metrics into them), and leave the step's own
-training-loss log in place. Each ``Trainer.evaluate()`` also carries
+(``ForgetlessTrainer``, ``ForgetlessSFTTrainer``) attaches its callbacks itself; under a plain
+``Trainer`` or TRL ``SFTTrainer`` the callback finds, when training begins, the trainer whose
+``train()`` called it (a callback is handed the model, optimizer and loaders, never the
+trainer; ``callback.attach(trainer)`` says it explicitly). Unattached, the entries reach
+``log_history`` only (no integration sees them) and a warning says so. The entries go through
+``Trainer.log`` itself, not a subclass's ``log`` (TRL's would fold its averaged training
+metrics into them), and leave the step's own training-loss log in place. Each ``Trainer.evaluate()`` also carries
 ``eval_keep_<capability>``, ``eval_forget_<capability>``, ``eval_forget_worst`` (and
 ``eval_task_<task>``), measured at that step, so that ``metric_for_best_model`` and
 ``EarlyStoppingCallback`` can use them (with a plain ``Trainer``: list this callback before
@@ -42,6 +43,7 @@ checkpoint without that state is refused (its "before" would be the resumed mode
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import weakref
@@ -98,6 +100,21 @@ class ForgettingCallback(TrainerCallback):
         """Log through ``trainer.log`` (``log_history`` and every ``report_to`` integration)."""
         self._trainer = weakref.ref(trainer)
         return self
+
+    def _find_trainer(self, depth: int = 12) -> None:
+        """Attach to the ``Trainer`` whose ``train()`` is calling this callback, found among the
+        calling frames' ``self`` (a callback is handed no trainer); only a trainer whose own
+        callback handler holds this callback counts. Unfound: :meth:`_log` warns once."""
+        frame = inspect.currentframe()
+        for _ in range(depth):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return
+            owner = frame.f_locals.get("self")
+            handler = getattr(owner, "callback_handler", None)
+            if isinstance(owner, Trainer) and self in getattr(handler, "callbacks", ()):
+                self.attach(owner)
+                return
 
     # -- helpers ------------------------------------------------------------------------------
     @property
@@ -251,6 +268,8 @@ class ForgettingCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         assert model is not None
+        if self._trainer is None:
+            self._find_trainer()
         self._tracked = [n for n, p in model.named_parameters() if p.requires_grad]
         self._running = True
         if state.global_step > 0:  # resumed from a checkpoint

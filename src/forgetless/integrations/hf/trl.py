@@ -29,9 +29,10 @@ trained on with ``capability.replay_loss``; the task rows are SFTTrainer's prepa
 collated by its own collator.
 
 **The guard.** A :class:`~forgetless.integrations.hf.callback.ForgettingCallback` in
-``callbacks=[...]`` is attached by this trainer (its figures reach ``report_to``). With a stock
-``SFTTrainer`` call ``guard.attach(trainer)`` once after building it: a callback receives the
-model, optimizer, scheduler and data loaders, never the trainer, so it cannot attach itself.
+``callbacks=[...]`` is attached by this trainer (its figures reach ``report_to``). Under a stock
+``SFTTrainer`` it finds the trainer that calls it when training begins (a callback receives the
+model, optimizer, scheduler and data loaders, never the trainer); ``guard.attach(trainer)`` says
+it explicitly.
 """
 
 from __future__ import annotations
