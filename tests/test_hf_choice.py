@@ -227,6 +227,11 @@ def test_items_stderr_chance_and_the_at_chance_warning(
     assert near_s["stderr_after"] == 0.0 and near_s["at_chance"] and not sure_s["at_chance"]
     assert sure_s["figures_before"]["acc"] == 1.0 and sure_s["figures_after"]["acc_norm"] == pytest.approx(3 / 8)
     assert summary["warnings"] == warned
+    # the side figures reach the Trainer's log beside the metric
+    logged = ForgettingCallback(tracker).metrics(tracker.history[-1])
+    assert logged["keep/choice:sure"] == pytest.approx(3 / 8) and logged["keep/choice:sure/acc"] == pytest.approx(3 / 8)
+    assert logged["keep/choice:near/acc_norm"] == 1.0 and logged["keep/choice:near/acc_stderr"] == 0.0
+    assert ForgettingCallback(tracker).metrics(tracker.history[0], "eval_")["eval_keep_choice:sure_acc"] == 1.0
     # the report: JSON, CSV, markdown and the plot's dashed chance line
     figures = []
     from matplotlib.figure import Figure

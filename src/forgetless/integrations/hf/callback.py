@@ -164,11 +164,17 @@ class ForgettingCallback(TrainerCallback):
             )
 
     def metrics(self, record: dict[str, Any], prefix: str = "") -> dict[str, float]:
-        """The logged figures of ``record``: ``keep/…``, ``forget/…`` (``prefix="eval_"``: ``eval_keep_…``)."""
+        """The logged figures of ``record``: ``keep/…``, ``forget/…`` (``prefix="eval_"``: ``eval_keep_…``),
+        and each capability's side figures as ``keep/<name>/<figure>`` (``choice``: ``acc``,
+        ``acc_norm`` and their standard errors; ``eval_keep_<name>_<figure>``)."""
         keep, forget, task = (
             ("keep/", "forget/", "task/") if not prefix else (f"{prefix}keep_", f"{prefix}forget_", f"{prefix}task_")
         )
+        joint = "/" if not prefix else "_"
         out = {f"{keep}{name}": float(value) for name, value in record["scores"].items()}
+        for name, figures in record.get("figures", {}).items():
+            numbers = {k: v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            out.update({f"{keep}{name}{joint}{k}": float(v) for k, v in numbers.items()})
         out.update({f"{forget}{name}": float(value) for name, value in record["drops"].items()})
         out[f"{forget}worst"] = float(self.tracker.max_drop(record)[1])
         if self.tracker.task is not None and record["task"] is not None:
