@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -159,8 +160,10 @@ def _config_value(option: Any, name: str, item: Any) -> Any:
 def finetune(
     ctx: typer.Context,
     model: Optional[str] = typer.Option(None, help="Hugging Face hub name or local folder"),
-    task: Optional[str] = typer.Option(
-        None, help="new-task data: .jsonl/.json/.csv/.tsv/.txt, class folder, builtin:NAME, hub:NAME[:SPLIT]"
+    task: list[str] = typer.Option(
+        [],
+        help="new-task data: .jsonl/.json/.csv/.tsv/.txt, class folder, builtin:NAME, hub:NAME[:SPLIT]; repeat to "
+        "train a sequence of tasks in turn (one accuracy matrix over the tasks and kept capabilities)",
     ),
     keep: list[str] = typer.Option([], help="capability to keep, KIND:DATA (perplexity|accuracy|knn|choice); repeat"),
     objective: str = typer.Option("auto", help="auto | lm | classify (auto: labels -> classify)"),
@@ -183,6 +186,9 @@ def finetune(
     lora_r: int = typer.Option(8, help="LoRA/DoRA rank"),
     lora_alpha: float = typer.Option(16.0, help="LoRA/DoRA alpha (the update is scaled by alpha / r)"),
     lora_targets: Optional[str] = typer.Option(None, help="LoRA/DoRA/IA3 target modules, e.g. query,value"),
+    lora_per_task: bool = typer.Option(
+        False, "--lora-per-task", help="a sequence of --task: a new LoRA adapter per task, earlier ones frozen"
+    ),
     peft_tokens: int = typer.Option(20, help="virtual tokens of --peft prefix | prompt"),
     grad_accum: int = typer.Option(1, help="gradient accumulation: batches summed per optimizer step"),
     strategies: Optional[str] = typer.Option(
@@ -248,6 +254,9 @@ def finetune(
 
         torch.set_num_threads(threads)
     if resume is not None:
+        from forgetless.integrations.hf.sequence import refuse_resume
+
+        refuse_resume(resume)  # a sequence of fine-tunes writes no checkpoint
         _refuse_options_with_resume(ctx, resume, out)
         cfg = _saved_config(resume)
         _check_merge(cfg, save_model, merge_lora)
@@ -257,7 +266,7 @@ def finetune(
             torch.set_num_threads(cfg.threads)
         _finetune(cfg, resume, save_model, quiet, resume=True, merge=merge_lora)
         return
-    for name, value in (("model", model), ("task", task), ("out", out)):
+    for name, value in (("model", model), ("task", task or None), ("out", out)):
         if value is None:
             raise ConfigError(f"--{name} is missing: give it (or --resume DIR to continue a killed fine-tune)")
     check_numbers(
@@ -271,10 +280,17 @@ def finetune(
             "layerwise-lr-decay": layerwise_lr_decay,
         },
     )
+    if lora_per_task and len(task) < 2:
+        raise ConfigError("--lora-per-task adds an adapter per task of a sequence: give two or more --task")
+    sequence = len(task) > 1
+    if sequence:
+        from forgetless.integrations.hf.sequence import SequenceConfig, check_tasks
+
+        check_tasks(task)
     try:
-        cfg = FinetuneConfig(
+        cfg = (SequenceConfig if sequence else FinetuneConfig)(
             model=model,
-            task=task,
+            **({"tasks": task, "lora_per_task": lora_per_task} if sequence else {"task": task[0]}),
             keep=keep,
             objective=objective,
             format=format,
@@ -319,6 +335,9 @@ def finetune(
     assert out is not None
     cfg.peft_kind()  # --lora with another --peft: one line now
     _check_merge(cfg, save_model, merge_lora)
+    if sequence:
+        _finetune_sequence(cfg, out, save_model, quiet, force=force, merge=merge_lora)
+        return
     _finetune(cfg, out, save_model, quiet, force=force, merge=merge_lora)
 
 
@@ -385,6 +404,61 @@ def _finetune(
     for warning in summary.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"report in [bold]{out}[/] (forgetting.json, before_after.csv, report.md, capability_curves.png)")
+
+
+def sequence_table(summary: dict[str, Any]) -> Table:
+    """The accuracy matrix of a sequence of fine-tunes: the pretrained row, then one per task."""
+    table = Table(title=escape(f"{summary['run']}: R[i][j], score on j after training task i"))
+    table.add_column("after", style="bold")
+    n_tasks = len(summary["tasks"])
+    for j, column in enumerate(summary["columns"]):
+        label = f"task {j}" if j < n_tasks else column["name"]
+        table.add_column(f"{label}\n{column['metric']}", justify="right")
+    rows = [("pretrained", summary["baseline"])] + [(f"task {i}", r) for i, r in enumerate(summary["matrix"])]
+    for label, values in rows:
+        cells = [_fmt(c["metric"], v) for v, c in zip(values, summary["columns"], strict=True)]
+        table.add_row(label, *cells)
+    metrics = summary["metrics"]
+    table.caption = (
+        f"ACC {metrics['acc']:.4g} · BWT {metrics['bwt']:+.4g} · forgetting {metrics['forgetting']:.4g} · "
+        f"FWT {metrics['fwt']:+.4g} (perplexity: sign flipped, BWT < 0 = forgotten)"
+    )
+    return table
+
+
+def _finetune_sequence(cfg: Any, out: Path, save_model: bool, quiet: bool, force: bool, merge: bool) -> None:
+    """Train the tasks of ``cfg`` in turn, the report rewritten in ``out`` after each."""
+    from forgetless.integrations.hf.finetune import check_out, save_finetuned
+    from forgetless.integrations.hf.sequence import RESUME_REFUSED, run_sequence
+    from forgetless.training.checkpoint import Interrupted
+
+    check_out(out, save_model, force=force)
+    live = LiveProgress(quiet)
+
+    def on_task(index: int, name: str, steps: int) -> None:
+        live.start_run(f"task {index}: {name}", steps)
+
+    try:
+        with live.progress:
+            summary = run_sequence(
+                cfg, out=out, listeners=[live.on_record], on_step=live.on_step, on_task=on_task, force=True
+            )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted: the rows of the finished tasks are in {out}/metrics.json ({RESUME_REFUSED}; "
+            "start again with --force)"
+        ) from None
+    if save_model:  # after the report: a failing save loses no figure
+        save_finetuned(summary, out / "model", merge=merge)
+    console.print(sequence_table(summary))
+    for task in summary["per_task"]:
+        if task.get("note"):
+            console.print(f"[yellow]note (task {task['task_index']}):[/] {task['note']}")
+        for warning in task.get("warnings", []):
+            console.print(f"[yellow]warning (task {task['task_index']}):[/] {warning}")
+    console.print(
+        f"report in [bold]{out}[/] (metrics.json, accuracy_matrix.csv, accuracy_matrix.png, forgetting.json, report.md)"
+    )
 
 
 def _refuse_options_with_resume(ctx: typer.Context, folder: Path, out: Optional[Path]) -> None:

@@ -21,15 +21,27 @@ def _save(fig: Figure, path: Path) -> None:
     tmp.replace(path)
 
 
-def accuracy_heatmaps(matrices: dict[str, np.ndarray], path: Path) -> None:
-    """One annotated heatmap of R per strategy: rows = after training task i, cols = task j."""
+def accuracy_heatmaps(
+    matrices: dict[str, np.ndarray],
+    path: Path,
+    columns: list[str] | None = None,
+    shades: dict[str, np.ndarray] | None = None,
+    scale_label: str = "accuracy",
+) -> None:
+    """One annotated heatmap of R per strategy: rows = after training task i, cols = task j.
+
+    A matrix may have more columns than rows (a sequence of fine-tunes: the tasks, then the
+    kept capabilities), named by ``columns``; ``shades`` (same shapes, in [0, 1]) then colour
+    the cells while the annotations show the values of ``matrices`` (``scale_label`` names
+    the colour scale); by default a cell's colour is its value (an accuracy)."""
     n = len(matrices)
     cols = n if n <= 3 else math.ceil(math.sqrt(n))
     rows = (n + cols - 1) // cols
-    size = matrices[next(iter(matrices))].shape[0]
-    cell = max(0.45, min(0.9, 6.0 / size))
+    first = matrices[next(iter(matrices))]
+    size, width = first.shape[0], first.shape[1]
+    cell = max(0.45, min(0.9, 6.0 / max(size, width)))
     fig = Figure(
-        figsize=(cols * (size * cell + 1.6), rows * (size * cell + 1.2)),
+        figsize=(cols * (width * cell + 1.6), rows * (size * cell + 1.2)),
         layout="constrained",
     )
     axes = fig.subplots(
@@ -40,15 +52,19 @@ def accuracy_heatmaps(matrices: dict[str, np.ndarray], path: Path) -> None:
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (name, matrix) in zip(axes.flat, matrices.items()):
-        image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+        shade = matrix if shades is None else shades[name]
+        image = ax.imshow(shade, vmin=0.0, vmax=1.0, cmap="viridis")
         ax.set_title(name)
-        ax.set_xlabel("evaluated on task j")
+        ax.set_xlabel("evaluated on task j" if columns is None else "evaluated on")
         ax.set_ylabel("after training task i")
-        ax.set_xticks(range(size))
+        if columns is None:
+            ax.set_xticks(range(width))
+        else:
+            ax.set_xticks(range(width), columns, rotation=30, ha="right", fontsize=7)
         ax.set_yticks(range(size))
-        if size <= 12:
+        if max(size, width) <= 12:
             for i in range(size):
-                for j in range(size):
+                for j in range(width):
                     value = matrix[i, j]
                     ax.text(
                         j,
@@ -57,9 +73,9 @@ def accuracy_heatmaps(matrices: dict[str, np.ndarray], path: Path) -> None:
                         ha="center",
                         va="center",
                         fontsize=8,
-                        color="black" if value > 0.6 else "white",
+                        color="black" if shade[i, j] > 0.6 else "white",
                     )
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="accuracy")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=scale_label)
     _save(fig, path)
 
 

@@ -32,6 +32,7 @@ from forgetless.integrations.hf.mixing import (
 )
 from forgetless.integrations.hf.penalties import estimate_fisher, ewc_penalty, l2sp_penalty
 from forgetless.integrations.hf.schedules import GradualUnfreezing, layerwise_adamw
+from forgetless.integrations.hf.sequence import SequenceConfig, run_sequence
 from forgetless.integrations.hf.tracker import CapabilityTracker
 from forgetless.integrations.hf.trainer import ForgetlessTrainer, ForgettingTrainerMixin
 
@@ -52,6 +53,7 @@ __all__ = [
     "MultipleChoice",
     "Perplexity",
     "RowsDataset",
+    "SequenceConfig",
     "SplitCollator",
     "TextData",
     "Turn",
@@ -68,4 +70,5 @@ __all__ = [
     "load_texts",
     "render_text",
     "run_finetune",
+    "run_sequence",
 ]

@@ -414,6 +414,69 @@ def check_out(out: Path, save_model: bool = False, force: bool = False) -> None:
         raise OutputError(f"--save-model writes {out / 'model'}, which is a file: move it or choose another --out")
 
 
+def check_keep_specs(cfg: FinetuneConfig) -> None:
+    """One line, before any loading, for no ``--keep``, a malformed spec, or ``--lora`` with another ``--peft``."""
+    if not cfg.keep:
+        raise ConfigError(
+            "no capability to keep: give at least one --keep KIND:DATA (e.g. --keep perplexity:builtin:kjv)"
+        )
+    for spec in cfg.keep:
+        parse_keep(spec)
+    cfg.peft_kind()
+
+
+def plan_strategies(
+    cfg: FinetuneConfig, model: Any, capabilities: list[Capability], anchored: list[str], tasks: int = 1
+) -> tuple[Any, float]:
+    """``(FinetuneStrategies, replay ratio)`` of ``cfg``'s strategies (``replay`` is the mixing's
+    ratio, the others core strategies) on ``model``; ``anchored``: the pretrained parameters;
+    ``tasks``: the fine-tunes of the stream (a sequence's tasks)."""
+    from forgetless.integrations.hf.penalties import select_parameters
+    from forgetless.integrations.hf.strategies import REPLAY, FinetuneStrategies, split_replay
+
+    names, params = cfg.strategy_plan()
+    core_names, replay_ratio = split_replay(names, params)
+    strategies = FinetuneStrategies.build(
+        core_names,
+        {n: v for n, v in params.items() if n != REPLAY},
+        model,
+        capabilities,
+        pretrained=anchored,
+        seed=cfg.seed,
+        importance_names=select_parameters(model, cfg.ewc_modules) if cfg.ewc_modules else anchored,
+        tasks=tasks,
+    )
+    return strategies, replay_ratio
+
+
+def training_arguments(cfg: FinetuneConfig, output_dir: str, device: torch.device) -> Any:
+    """The Trainer's ``TrainingArguments`` of a fine-tune (no logging, saving or progress bar of
+    its own; ``output_dir`` is a scratch folder the Trainer needs)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type="constant_with_warmup",
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=device.type == "cpu",
+        dataloader_num_workers=0,
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
+    )
+
+
 def run_finetune(
     cfg: FinetuneConfig,
     out: Path | None = None,
@@ -430,7 +493,7 @@ def run_finetune(
     steps (:mod:`.resume`); ``resume=True`` continues from it (its config must be ``cfg``) to
     the report of an uninterrupted run. A report written to ``out`` removes the checkpoint there.
     """
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils import logging as hf_logging
 
@@ -443,9 +506,7 @@ def run_finetune(
         SplitCollator,
     )
     from forgetless.integrations.hf.models import load_model
-    from forgetless.integrations.hf.penalties import select_parameters
     from forgetless.integrations.hf.schedules import GradualUnfreezing, layerwise_adamw
-    from forgetless.integrations.hf.strategies import REPLAY, FinetuneStrategies, split_replay
     from forgetless.integrations.hf.tracker import CapabilityTracker
     from forgetless.integrations.hf.trainer import ForgetlessTrainer
 
@@ -473,13 +534,7 @@ def run_finetune(
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
     set_seed(cfg.seed)
-    if not cfg.keep:
-        raise ConfigError(
-            "no capability to keep: give at least one --keep KIND:DATA (e.g. --keep perplexity:builtin:kjv)"
-        )
-    for spec in cfg.keep:
-        parse_keep(spec)
-    cfg.peft_kind()  # --lora with another --peft: one line before any loading
+    check_keep_specs(cfg)
     data = load_texts(
         cfg.task, cfg.text_column, cfg.label_column, need_labels=cfg.objective == "classify", format=cfg.format
     )
@@ -503,17 +558,7 @@ def run_finetune(
         model = _apply_peft(model, cfg, objective)
     new = tuple(new_params)
     anchored = [n for n, p in model.named_parameters() if p.requires_grad and not any(n.endswith(m) for m in new)]
-    names, params = cfg.strategy_plan()
-    core_names, replay_ratio = split_replay(names, params)
-    strategies = FinetuneStrategies.build(
-        core_names,
-        {n: v for n, v in params.items() if n != REPLAY},
-        model,
-        capabilities,
-        pretrained=anchored,
-        seed=cfg.seed,
-        importance_names=select_parameters(model, cfg.ewc_modules) if cfg.ewc_modules else anchored,
-    )
+    strategies, replay_ratio = plan_strategies(cfg, model, capabilities, anchored)
     strategies.prepare()
 
     replay_source = next((c for c in capabilities if c.replay_rows() is not None), None)
@@ -543,27 +588,7 @@ def run_finetune(
         optimizer = layerwise_adamw(model, cfg.lr, cfg.layerwise_lr_decay, cfg.weight_decay)
     # the Trainer needs an output folder (it saves nothing there): removed even when training raises
     with tempfile.TemporaryDirectory(prefix="forgetless-trainer-") as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            max_steps=cfg.steps,
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            warmup_steps=cfg.warmup_steps,
-            lr_scheduler_type="constant_with_warmup",
-            logging_strategy="no",
-            save_strategy="no",
-            report_to=[],
-            disable_tqdm=True,
-            remove_unused_columns=False,
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            use_cpu=device.type == "cpu",
-            dataloader_num_workers=0,
-            bf16=cfg.precision == "bf16",
-            fp16=cfg.precision == "fp16",
-        )
+        args = training_arguments(cfg, scratch, device)
         guard = ForgettingCallback(tracker, cfg.stop_if_drop, listeners=listeners)
         callbacks: list[Any] = [guard]
         if keeping:  # after the guard (it saves the guard's record of the step), before unfreezing

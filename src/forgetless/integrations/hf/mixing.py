@@ -158,11 +158,15 @@ def _stack(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 class SplitCollator:
     """Collate a mixed batch into ``{"task": {...}, "replay": {...}}`` (replay only if present).
 
-    ``task_collate`` (default: stack tensors) builds the task part, e.g. adding ``labels``.
+    ``task_collate`` (default: stack tensors) builds the task part, e.g. adding ``labels``;
+    ``replay_collate`` (default: stack tensors) the replay part (a sequence of fine-tunes replays
+    rows of several sources, each with its own keys: :class:`~forgetless.integrations.hf.
+    sequence.ReplayPool`).
     """
 
-    def __init__(self, task_collate: Any = None) -> None:
+    def __init__(self, task_collate: Any = None, replay_collate: Any = None) -> None:
         self.task_collate = task_collate or _stack
+        self.replay_collate = replay_collate or _stack
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         task = [item for item in items if item.get(SOURCE_KEY, 0) == 0]
@@ -171,5 +175,5 @@ class SplitCollator:
             "task": self.task_collate([{k: v for k, v in item.items() if k != SOURCE_KEY} for item in task])
         }
         if general:
-            batch["replay"] = _stack(general)
+            batch["replay"] = self.replay_collate(general)
         return batch

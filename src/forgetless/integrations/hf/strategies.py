@@ -16,6 +16,11 @@ objects a :class:`FinetuneContext` and calls their hooks at the same points of t
   Hugging Face model output (``.logits``, with their graph);
 * ``report`` and ``state_dict``/``load_state_dict`` as in a run.
 
+A sequence of fine-tunes (:mod:`.sequence`, ``forgetless finetune --task a --task b ...``) is
+the same stream with ``N + 1`` tasks: at each boundary :meth:`FinetuneStrategies.end_task`
+(``after_task`` of fine-tune ``k``, its importance taken on that task's training rows) then
+:meth:`FinetuneStrategies.begin_task` (``before_task`` of fine-tune ``k + 1``).
+
 A strategy runs in a fine-tune when it says so (``stacks = ("run", "finetune")``), overrides only
 the hooks served here (:data:`SERVED_HOOKS`), reads its data through ``ctx.importance_samples``
 and reads a :class:`TokenBatch` (not a core ``Batch``) in ``loss``/``criterion``: ``l2sp``,
@@ -190,13 +195,14 @@ class FinetuneStrategies:
         pretrained: Sequence[str],
         seed: int = 0,
         importance_names: list[str] | None = None,
+        tasks: int = 1,
     ) -> None:
         check_servable([s.name for s in strategies])
         self.strategies = strategies
         device = next(model.parameters()).device
         self.ctx = FinetuneContext(
             model=model,
-            scenario=FinetuneScenario(),  # type: ignore[arg-type]
+            scenario=FinetuneScenario(num_tasks=tasks + 1),  # type: ignore[arg-type]
             config=None,  # type: ignore[arg-type]
             device=device,
             generator=torch.Generator().manual_seed(seed),
@@ -229,18 +235,35 @@ class FinetuneStrategies:
         pretrained: Sequence[str],
         seed: int = 0,
         importance_names: list[str] | None = None,
+        tasks: int = 1,
     ) -> FinetuneStrategies:
-        """From names and ``--set`` values, as :func:`~forgetless.strategies.make_strategies`."""
+        """From names and ``--set`` values, as :func:`~forgetless.strategies.make_strategies`
+        (``tasks``: the fine-tunes of the stream, :mod:`.sequence`'s tasks; one by default)."""
         check_servable(combination)
         built = make_strategies("+".join(combination), params, stack="finetune") if combination else []
-        return cls(built, model, capabilities, pretrained, seed, importance_names)
+        return cls(built, model, capabilities, pretrained, seed, importance_names, tasks)
 
     def prepare(self) -> None:
         """Task 0 ends (the pretrained model), task 1 (the fine-tune) begins."""
         self.ctx.advance(task_index=0)
+        self.end_task(self.ctx.capabilities)
+        self.begin_task()
+
+    def end_task(self, learned: Sequence[Capability], importance_names: list[str] | None = None) -> None:
+        """The current stream task ends: ``after_task`` of every strategy, whose importance
+        estimates read ``learned`` (the kept capabilities for task 0, the pretrained model; in a
+        sequence of fine-tunes the task just trained, whose training rows stand for its data, as
+        the learner's ``after_task`` reads the task just learned). ``importance_names``: the
+        parameters an importance covers from now on (``None``: unchanged)."""
+        self.ctx.capabilities = learned
+        if importance_names is not None:
+            self.ctx.importance_names = importance_names
         for strategy in self.strategies:
             strategy.after_task(self.ctx)
-        self.ctx.advance(task_index=1)
+
+    def begin_task(self) -> None:
+        """The next stream task begins: ``before_task`` of every strategy."""
+        self.ctx.advance(task_index=self.ctx.task_index + 1)
         for strategy in self.strategies:
             strategy.before_task(self.ctx)
 
