@@ -393,6 +393,51 @@ def test_derpp_adds_replay_cross_entropy() -> None:
     assert term.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_derpp_shared_sample_takes_both_terms_on_one_draw() -> None:
+    """``second_sample="shared"`` (Avalanche's DER++): alpha * MSE + beta * CE on the same rows."""
+    ctx = _context("class")
+    ctx.model.head.set_active_outputs(2)
+    der = _strategy(ctx, "derpp", buffer_size=64, alpha=0.7, beta=0.3, second_sample="shared")
+    batch = _batch(ctx, 0)
+    ctx.advance(current_size=len(batch), step=1)
+    der.after_step(ctx, batch, ModelOutput(ctx.model(batch.x).detach() + 0.5))  # stored logits differ
+    state = der.buffer.generator.get_state()
+    full, _, term = _der_step(der, ctx, batch)
+    assert len(full) == 2 * len(batch)  # one replay draw appended, not two
+    der.buffer.generator.set_state(state)
+    sample = der.buffer.sample(16)
+    live = ctx.model(ctx.prepare(sample.inputs))
+    expected = 0.7 * masked_logit_mse(live, sample.logits, sample.active, over="full")
+    expected = expected + 0.3 * F.cross_entropy(live, sample.labels)
+    assert term.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["er", "der"])
+def test_task_end_fill_offers_the_whole_task_with_the_trained_models_logits(name: str) -> None:
+    """``fill="task-end"`` (Avalanche's): nothing enters during the task; after it, a class-balanced
+    selection of its rows, DER's with the logits of the model as trained (eval mode)."""
+    ctx = _context("class")
+    ctx.model.head.set_active_outputs(2)
+    strategy = _strategy(ctx, name, buffer_size=60, fill="task-end", selection="balanced")
+    batch = _batch(ctx, 0)
+    ctx.advance(current_size=len(batch), step=1)
+    strategy.after_step(ctx, batch, ModelOutput(ctx.model(batch.x).detach()))
+    assert len(strategy.buffer) == 0 and strategy.replay_batch(ctx, batch) is None  # task 0: no replay
+    strategy.after_task(ctx)
+    buffer, task = strategy.buffer, ctx.scenario.tasks[0]
+    assert len(buffer) == 60 and torch.bincount(buffer.labels[:60]).tolist() == [30, 30]
+    if name == "der":
+        ctx.model.eval()
+        expected = ctx.model(ctx.prepare(buffer.inputs[:60]))
+        assert torch.allclose(buffer.logits[:60], expected, atol=1e-6) and (buffer.active[:60] == 2).all()
+    rows = {bytes(x.numpy()) for x in task.train_x}
+    assert all(bytes(x.numpy()) in rows for x in buffer.inputs[:60])  # rows of the task, none invented
+    ctx.advance(task_index=1, step=0)
+    ctx.model.head.set_active_outputs(4)
+    strategy.after_task(ctx)  # task 1: the budget is shared by four classes now
+    assert torch.bincount(buffer.labels[:60]).tolist() == [15, 15, 15, 15]
+
+
 # -- ER, task ids, generative replay ---------------------------------------------------------
 def test_er_replays_task_ids_in_task_il() -> None:
     ctx = _context("task")

@@ -67,6 +67,13 @@ FORGETLESS_SETS = (
     "lwf.alpha=1",
     "lwf.temperature=2",
 )
+AVALANCHE_BUFFER = tuple(
+    f"--set={name}.{option}"
+    for name in ("er", "der", "derpp")
+    for option in ("fill=task-end", "selection=balanced", *(("second_sample=shared",) if name == "derpp" else ()))
+)
+"""Avalanche's replay buffers in forgetless (tool ``forgetless-avalanche-buffer``): filled after
+each experience, class-balanced; DER++'s cross-entropy on the logit term's rows."""
 AVALANCHE_ACC = re.compile(r"final average accuracy: ([0-9.]+)")
 AVALANCHE_ROW = re.compile(r"after experience \d+: ([0-9. ]+)")
 
@@ -99,6 +106,13 @@ def tools(args: argparse.Namespace) -> list[Tool]:
         "forgetless-xavier": forgetless_tool(
             "forgetless-xavier", f"{cfg.name} --init xavier", fl, cfg, [*extra, "--init", "xavier"]
         ),
+        "forgetless-avalanche-buffer": forgetless_tool(
+            "forgetless-avalanche-buffer",
+            f"{cfg.name} (PyTorch init) + {' '.join(AVALANCHE_BUFFER)}",
+            fl,
+            cfg,
+            [*extra, *AVALANCHE_BUFFER],
+        ),
     }
     if args.avalanche_python.is_file():
         module = "benchmarks.peers.avalanche_strategies"
@@ -116,7 +130,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--tools",
         default="forgetless,forgetless-xavier,avalanche",
-        help="comma-separated: forgetless, forgetless-xavier, avalanche",
+        help="comma-separated: forgetless, forgetless-xavier, forgetless-avalanche-buffer, avalanche",
     )
     p.add_argument("--set", action="append", default=[], help="more forgetless --set STRATEGY.PARAM=VALUE")
     p.add_argument(

@@ -13,6 +13,9 @@ A fixed budget of ``capacity`` samples, filled by one of two selection rules:
   so the largest groups are the ones that lose rows; within a group the rows with the lowest
   priorities stay, a uniform random subset of that group's stream (bottom-k sampling).
 
+Rows are offered after every step (``fill="step"``), or, as Avalanche fills its buffers, all of a
+task's rows once the task is trained (``fill="task-end"``, DER's with the trained model's logits).
+
 Inputs are stored in the dtype they arrive in (``uint8`` images stay ``uint8``), with labels,
 task indices, and optionally the logits at insertion time (DER) and the number of outputs that
 were active then. Sampling is index slicing; the buffer owns a seeded ``torch.Generator`` whose
@@ -411,6 +414,11 @@ class BufferParams(BaseModel):
     replay_batch_size: int | None = Field(
         None, ge=1, description="rows drawn from the buffer per step (default: --batch-size)"
     )
+    fill: Literal["step", "task-end"] = Field(
+        "step",
+        description="offer each batch's rows after its step (step), or the whole task's rows after the task, "
+        "with the trained model's logits (task-end, Avalanche's)",
+    )
 
 
 class ReplayStrategy(Strategy):
@@ -425,6 +433,10 @@ class ReplayStrategy(Strategy):
 
     def _selection(self) -> Selection:
         return self.params.selection
+
+    def _fill(self) -> str:
+        """``fill`` of :class:`BufferParams` (``step`` for a strategy whose parameters lack it)."""
+        return getattr(self.params, "fill", "step")
 
     def _num_groups(self, ctx: TrainingContext) -> int:
         return num_classes(ctx)
@@ -452,6 +464,8 @@ class ReplayStrategy(Strategy):
 
     def after_step(self, ctx: TrainingContext, batch: Batch, output: ModelOutput) -> bool:
         """Offer the current task's rows of this batch (never replayed rows) to the buffer."""
+        if self._fill() == "task-end":
+            return False
         if batch.raw is None:
             raise ConfigError(
                 f"{self.name} needs the compact inputs of each batch, but a strategy before it "
@@ -467,6 +481,30 @@ class ReplayStrategy(Strategy):
             groups=self.groups(ctx, labels) if self.buffer.selection == "balanced" else None,
         )
         return False
+
+    def after_task(self, ctx: TrainingContext) -> None:
+        """``fill="task-end"``: offer every training row of the task at once, DER's with the logits
+        of the model as trained on it (eval mode, no augmentation), as Avalanche's replay
+        strategies fill their buffers after each experience."""
+        if self._fill() != "task-end":
+            return
+        task = ctx.scenario.tasks[ctx.task_index]
+        logits = self.task_logits(ctx, task.train_x) if self.store_logits else None
+        labels = task.train_y
+        groups = self.groups(ctx, labels) if self.buffer.selection == "balanced" else None
+        self.buffer.add(task.train_x, labels, ctx.task_index, logits=logits, groups=groups)
+
+    def task_logits(self, ctx: TrainingContext, raw: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """The model's logits on the compact rows ``raw`` (eval mode, no gradient, in chunks)."""
+        model, task_id = ctx.model, ctx.task_id(ctx.task_index)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                parts = [model(ctx.prepare(raw[i : i + chunk]), task_id) for i in range(0, len(raw), chunk)]
+        finally:
+            model.train(was_training)
+        return torch.cat(parts).to(raw.device)
 
     def report(self) -> dict[str, Any]:
         return self.buffer.report()
