@@ -7,7 +7,8 @@ functions according to environment variables:
   (counted over every learner of the process, before that step's checkpoint is written);
   ``FAULT_SIGNAL=INT`` makes it a Ctrl-C, else a SIGKILL;
 * ``FAULT_KILL_IN_CHECKPOINT=N``: SIGKILL this process while it writes its N-th checkpoint,
-  after every file and before the manifest and the rename.
+  after every file and before the manifest and the rename;
+* ``FAULT_RANK=R``: under ``torchrun``, inject the faults into the process of ``RANK`` R only.
 
 The package itself carries no fault-injection code.
 """
@@ -52,6 +53,10 @@ def _kill_in_checkpoint(count: int) -> None:
 
 
 def main() -> None:
+    chosen = os.environ.get("FAULT_RANK")
+    if chosen is not None and chosen != os.environ.get("RANK", "0"):
+        os.environ.pop("FAULT_KILL_AT_STEP", None)
+        os.environ.pop("FAULT_KILL_IN_CHECKPOINT", None)
     if steps := os.environ.get("FAULT_KILL_AT_STEP"):
         signum = signal.SIGINT if os.environ.get("FAULT_SIGNAL", "KILL").upper() == "INT" else signal.SIGKILL
         _kill_after_steps(int(steps), signum)

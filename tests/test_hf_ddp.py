@@ -9,15 +9,10 @@ global batches and must land on the same weights.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -30,68 +25,26 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from gloo import WORLD, gloo_env, load_module, require_process_group, torchrun_command  # noqa: E402
+
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed has no gloo backend"
 )
 
 WORKER_PATH = Path(__file__).with_name("ddp_worker.py")
-WORLD = 2
 TIMEOUT_S = 240
 
 
-def _load_worker() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-worker = _load_worker()
-
-
-PREFLIGHT = """
-import torch, torch.distributed as dist
-dist.init_process_group("gloo")
-value = torch.ones(1) * (dist.get_rank() + 1)
-dist.all_reduce(value)
-assert float(value) == 3.0
-dist.destroy_process_group()
-"""
-
-
-def _require_a_process_group(command: list[str], env: dict[str, str], out: Path) -> None:
-    """Skip (with the reason) where this machine cannot form a 2-process gloo group at all
-    (no loopback networking, a sandbox without sockets): that is the environment, not our code."""
-    script = out / "preflight.py"
-    script.write_text(PREFLIGHT)
-    try:
-        done = subprocess.run([*command, str(script)], env=env, capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.skip("a 2-process gloo group did not form within 120 s on this machine")
-    if done.returncode != 0:
-        lines = [line.strip() for line in done.stderr.splitlines()]
-        # a rank's own exception line, not the launcher's ChildFailedError wrapper
-        errors = [line for line in lines if re.match(r"[\w.]*(Error|Exception): ", line) and "ChildFailed" not in line]
-        last = (errors or [line for line in lines if line.strip("=-")] or ["no output"])[0][:200]
-        pytest.skip(f"this machine cannot run a 2-process gloo group: {last}")
+worker = load_module(WORKER_PATH)
 
 
 @pytest.fixture(scope="module")
 def ddp_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Runs the worker on 2 ranks once for the module; fails with both ranks' output if a rank fails."""
     out = tmp_path_factory.mktemp("ddp")
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    if sys.platform.startswith("linux") and Path("/sys/class/net/lo").exists():
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: loopback, whatever the hostname resolves to
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--standalone"]
-    _require_a_process_group(command, env, out)
+    env = gloo_env(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    command = torchrun_command()
+    require_process_group(out, env)
     try:
         done = subprocess.run(
             [*command, str(WORKER_PATH), str(out)], env=env, capture_output=True, text=True, timeout=TIMEOUT_S

@@ -65,6 +65,13 @@ class RunConfig(BaseModel):
     """Convolution models (cnn, ResNets, a user's conv backbone): weights and training batches in
     ``torch.channels_last`` memory format (faster convolutions on GPUs and oneDNN CPUs); a no-op
     for models without ``Conv2d`` layers (MLP) and for ``hf:`` transformers."""
+    flat_parameters: bool | None = None
+    """Trainable parameters (and their gradients) as views of one flat buffer
+    (:mod:`forgetless.models.flat`): the penalties read theta and add their gradient in one
+    vector op, GEM/A-GEM project the flat gradient in place. Unset: on where a strategy of the
+    run reads the flat buffer (``uses_flat_parameters``: EWC, Online EWC, SI, MAS, L2-SP, GEM,
+    A-GEM), except task-IL (heads a step does not reach would take optimizer steps with a zero
+    gradient) and ``channels_last``."""
     compile: bool = False
     """``torch.compile`` the training forward (:mod:`forgetless.training.compiled`); refused in
     one line where the installed torch cannot compile on the run's device."""

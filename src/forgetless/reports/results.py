@@ -46,8 +46,7 @@ def save_experiment(
     read_from = "".join(f"#   {s if s.isprintable() else json.dumps(s)}\n" for s in result.data_sources)
     header = f"# data read from:\n{read_from}" if read_from else ""
     atomic_write_text(out / "config.yaml", header + dump_config(config))
-    complete = [n for n, runs in result.runs.items() if runs and runs[0].matrix.shape[0] == runs[0].matrix.shape[1]]
-    summary = result.summary() if complete else {}
+    summary = result.summary() if _has_complete_run(result) else {}
     metrics = {
         "benchmark": config.benchmark,
         "scenario": config.scenario,
@@ -77,3 +76,15 @@ def save_experiment(
             from forgetless.reports import plots  # matplotlib only on this path
 
             plots.draw_all(mean_matrices(result), summary, out)
+
+
+def start_plots(result: ExperimentResult, out: Path, plotter: PlotWorker) -> None:
+    """Hand the plots of ``result`` (its files already saved by :func:`save_experiment`) to
+    ``plotter``, which draws them while the caller goes on; ``plotter.finish()`` waits for them."""
+    if _has_complete_run(result):
+        plotter.start(mean_matrices(result), result.summary(), Path(out))
+
+
+def _has_complete_run(result: ExperimentResult) -> bool:
+    """Whether some combination has a run with a full (square) accuracy matrix."""
+    return any(runs and runs[0].matrix.shape[0] == runs[0].matrix.shape[1] for runs in result.runs.values())

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from forgetless.errors import ConfigError
+from forgetless.models.flat import FlatParameters, flat_of
 from forgetless.strategies.base import Batch, ImportanceSample, ModelOutput, Strategy, TrainingContext
 
 Tensors = Mapping[str, torch.Tensor]
@@ -101,15 +102,21 @@ def _buffer(workspace: dict | None, key: tuple, size: int, like: torch.Tensor) -
 
 
 def _evaluate(
-    plan: list[tuple[PenaltyTerm, list[int]]], params: Sequence[torch.Tensor], workspace: dict | None = None
-) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    """The penalty and ``1/2`` of its gradient per parameter (flat vector ops per term).
+    plan: list[tuple[PenaltyTerm, list[int]]],
+    params: Sequence[torch.Tensor],
+    workspace: dict | None = None,
+    thetas: dict[tuple[int, ...], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor | None], dict[tuple[int, ...], torch.Tensor]]:
+    """The penalty, ``1/2`` of its gradient per parameter (flat vector ops per term), and the
+    same half-gradient as one flat vector per parameter set (``sums``, keyed like ``thetas``).
 
     With a ``workspace`` the flat vectors live in reused buffers: the returned half-gradients
-    are views into them, valid until the next call with the same workspace.
+    are views into them, valid until the next call with the same workspace. ``thetas`` gives
+    the flat parameter vector of some parameter sets (views of a flat parameter buffer,
+    :mod:`forgetless.models.flat`); the others are gathered.
     """
     value = params[0].new_zeros((), dtype=torch.promote_types(params[0].dtype, torch.float32))
-    thetas: dict[tuple[int, ...], torch.Tensor] = {}  # terms over the same names share one copy
+    thetas = dict(thetas or {})  # terms over the same names share one copy
     sums: dict[tuple[int, ...], torch.Tensor] = {}  # half-gradient of each parameter set
     for term, indices in plan:
         key = tuple(indices)
@@ -145,7 +152,7 @@ def _evaluate(
             part = flat[offset : offset + size].view_as(params[i])
             halves[i] = part if halves[i] is None else halves[i] + part
             offset += size
-    return value, halves
+    return value, halves, sums
 
 
 class _Quadratic(torch.autograd.Function):
@@ -153,7 +160,7 @@ class _Quadratic(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, holder: AnchoredPenalty, plan: list, *params: torch.Tensor):
-        value, halves = _evaluate(plan, params, holder._workspace)
+        value, halves, _ = _evaluate(plan, params, holder._workspace)
         ctx.halves = halves
         holder._last_halves = halves
         return value
@@ -162,6 +169,53 @@ class _Quadratic(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor):
         out = [None if g is None else g * (2.0 * grad_output) for g in ctx.halves]
         return (None, None, *out)
+
+
+def _accumulates_into_grad(flat: FlatParameters) -> bool:
+    """Inside a backward: it is a ``.backward()`` that will accumulate into every flattened
+    parameter's ``.grad`` (not ``torch.autograd.grad``, nor ``backward(inputs=...)`` that
+    leaves one out). Unknown (a torch without the engine query): ``False``."""
+    try:
+        return all(torch._C._will_engine_execute_node(node) for node in flat.accumulators())
+    except (AttributeError, RuntimeError):  # RuntimeError: "currently running autograd.grad()"
+        return False
+
+
+class _FlatQuadratic(torch.autograd.Function):
+    """:class:`_Quadratic` over a flattened model (:mod:`forgetless.models.flat`): theta of a
+    parameter set that is one contiguous run of the flat buffer is a view (no gather), and in
+    a ``.backward()`` the gradient is added straight into the flat gradient, one vector op per
+    parameter set (``grad += 2 g * sum``), where autograd would add it parameter by parameter.
+    Anything else (``torch.autograd.grad``, a detached ``.grad``) gets ordinary gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, holder: AnchoredPenalty, plan: list, flat: FlatParameters, spans: dict, *params):
+        thetas = {key: flat.data[start:end] for key, (start, end) in spans.items()}
+        value, halves, sums = _evaluate(plan, params, holder._workspace, thetas)
+        ctx.halves, ctx.sums, ctx.flat, ctx.spans = halves, sums, flat, spans
+        ctx.params = params
+        holder._last_halves = halves
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor):
+        flat, params = ctx.flat, ctx.params
+        twice = 2.0 * grad_output
+        if not (flat.grads_attached() and _accumulates_into_grad(flat)):
+            out = [None if g is None else g * twice for g in ctx.halves]
+            return (None, None, None, None, *out)
+        for key, total in ctx.sums.items():
+            span = ctx.spans.get(key)
+            if span is not None:
+                flat.grad[span[0] : span[1]].addcmul_(total, twice)
+                continue
+            offset = 0
+            for i in key:  # a set that is not one run of the buffer (or holds frozen parameters)
+                size = params[i].numel()
+                if params[i].requires_grad:
+                    params[i].grad.view(-1).addcmul_(total[offset : offset + size], twice)
+                offset += size
+        return (None, None, None, None, *([None] * len(params)))
 
 
 class AnchoredPenalty:
@@ -181,6 +235,7 @@ class AnchoredPenalty:
         self._last_halves: list[torch.Tensor | None] | None = None
         self._cache: tuple[int, int, list[str], list[nn.Parameter], list] | None = None
         self._workspace: dict = {}  # reused flat buffers of the autograd pass (see _buffer)
+        self._flat_cache: tuple[FlatParameters, tuple | None, dict] | None = None
         self._version = 0
 
     @property
@@ -377,7 +432,30 @@ class AnchoredPenalty:
             first = next(model.parameters(), None)
             self._last_halves = None
             return torch.zeros((), device=None if first is None else first.device)
+        flat = flat_of(model)
+        spans = self._flat_spans(flat, params, plan) if flat is not None else None
+        if spans is not None:
+            return _FlatQuadratic.apply(self, plan, flat, spans, *params)
         return _Quadratic.apply(self, plan, *params)
+
+    def _flat_spans(self, flat: FlatParameters, params: list[nn.Parameter], plan: list) -> dict | None:
+        """``{parameter set: (start, end)}`` for the sets of ``plan`` that are one run of the
+        flat buffer; ``None`` (the ordinary path) when a parameter that needs a gradient is
+        not flattened or the buffer is narrower than float32 (theta is promoted to float32)."""
+        if flat.data.dtype != torch.promote_types(flat.data.dtype, torch.float32):
+            return None
+        if any(p.requires_grad and not flat.holds(p) for p in params):  # e.g. unfrozen after flattening
+            return None
+        resolved = self._cache[:2] if self._cache is not None else None
+        if self._flat_cache is not None and self._flat_cache[0] is flat and self._flat_cache[1] == resolved:
+            return self._flat_cache[2]
+        spans = {}
+        for _, indices in plan:
+            found = flat.span(params[i] for i in indices)
+            if found is not None:
+                spans[tuple(indices)] = found
+        self._flat_cache = (flat, resolved, spans)
+        return spans
 
     def gradient(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """``d penalty / d theta = 2 sum_t w_t Omega_t (theta - a_t)`` per name, no autograd."""
@@ -385,7 +463,7 @@ class AnchoredPenalty:
         if not plan:
             return {}
         with torch.no_grad():
-            _, halves = _evaluate(plan, params)
+            _, halves, _ = _evaluate(plan, params)
         return self._named(halves)
 
     @property
@@ -464,6 +542,10 @@ class PenaltyStrategy(Strategy):
     Subclasses fill ``self.penalty`` in ``after_task`` (or ``before_task``) and define
     :meth:`penalty_scale` (their paper's factor: ``lambda / 2`` for EWC, ``c`` for SI, ...).
     """
+
+    uses_flat_parameters = True
+    """The penalty reads theta from a flat parameter buffer where the run has one
+    (:mod:`forgetless.models.flat`; ``RunConfig.flat_parameters`` unset turns it on)."""
 
     def __init__(self, **params: Any):
         super().__init__(**params)

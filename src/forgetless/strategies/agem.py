@@ -41,6 +41,7 @@ class AGEM(ReplayStrategy):
     family = "replay"
     speed_target = 2.5
     summary = "A-GEM: project the gradient so the loss on a memory batch does not rise"
+    uses_flat_parameters = True  # project_gradient gets the flat gradient buffer itself
     Params: ClassVar[type[BaseModel]] = AGEMParams
 
     def project_gradient(self, ctx: TrainingContext, batch: Batch, gradient: FlatGradient) -> torch.Tensor | None:

@@ -83,6 +83,7 @@ class GEM(ReplayStrategy):
     family = "replay"
     requires = ("quadprog",)
     summary = "GEM: project the gradient (QP) so no earlier task's memory loss rises"
+    uses_flat_parameters = True  # project_gradient gets the flat gradient buffer itself
     Params: ClassVar[type[BaseModel]] = GEMParams
 
     def _selection(self) -> Selection:

@@ -34,6 +34,7 @@ import json
 import math
 import random
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,7 +208,11 @@ def _load_json(path: Path) -> Any:
 
 def write_tree(folder: Path, name: str, tree: Any) -> None:
     """``name.json`` (skeleton) + ``name.safetensors`` (tensors) of a nested structure."""
-    skeleton, tensors = flatten_tree(tree, name)
+    _write_flat(folder, name, *flatten_tree(tree, name))
+
+
+def _write_flat(folder: Path, name: str, skeleton: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """:func:`write_tree` of a structure already split by :func:`flatten_tree`."""
     _save_tensors(folder / f"{name}.safetensors", tensors)
     text = json.dumps({"format": FORMAT, "version": VERSION, "data": skeleton})
     write_synced(folder / f"{name}.json", text.encode("utf-8"))
@@ -623,6 +628,54 @@ class Checkpoint:
         return f"the start of task {loop.get('task_index', 0)} of {strategy} (seed {seed})"
 
 
+@dataclass(frozen=True)
+class CheckpointSnapshot:
+    """A checkpoint's content copied off the live run (:func:`snapshot_checkpoint`): CPU copies
+    of every tensor and array, fresh JSON skeletons. Writing it (:func:`write_snapshot`) reads
+    nothing the run goes on changing, so it may happen while the run trains on."""
+
+    target: Path
+    weights: dict[str, torch.Tensor]
+    trees: dict[str, tuple[Any, dict[str, torch.Tensor]]]
+    """``name -> (skeleton, tensors)`` of ``strategies``, ``optimizer``, ``learner``, ``experiment``."""
+
+
+def snapshot_checkpoint(
+    run_dir: Path,
+    model_state: dict[str, torch.Tensor],
+    learner: dict[str, Any],
+    experiment: dict[str, Any],
+) -> CheckpointSnapshot:
+    """The content of :func:`save_checkpoint`, copied now (every error of the state is raised here)."""
+    parts = dict(learner)
+    strategies = parts.pop("strategies", [])
+    optimizer = parts.pop("optimizer", None)
+    weights = {k: v for k, v in model_state.items() if isinstance(v, torch.Tensor)}
+    if len(weights) != len(model_state):
+        raise CheckpointError("cannot checkpoint the model: its state_dict holds non-tensors")
+    trees = {
+        name: flatten_tree(tree, name)
+        for name, tree in (("strategies", strategies), ("optimizer", optimizer), ("learner", parts))
+    }
+    trees["experiment"] = flatten_tree(experiment, "experiment")
+    return CheckpointSnapshot(
+        Path(run_dir) / CHECKPOINT,
+        {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()},
+        trees,
+    )
+
+
+def write_snapshot(snapshot: CheckpointSnapshot) -> Path:
+    """Write ``snapshot`` as ``run_dir/checkpoint``, atomically (complete or absent; the previous
+    checkpoint is kept until then)."""
+    with atomic_folder(snapshot.target) as tmp:
+        _save_tensors(tmp / "model.safetensors", snapshot.weights)
+        for name, (skeleton, tensors) in snapshot.trees.items():
+            _write_flat(tmp, name, skeleton, tensors)
+        write_manifest(tmp)
+    return snapshot.target
+
+
 def save_checkpoint(
     run_dir: Path,
     model_state: dict[str, torch.Tensor],
@@ -630,24 +683,44 @@ def save_checkpoint(
     experiment: dict[str, Any],
 ) -> Path:
     """Write ``run_dir/checkpoint`` atomically (complete or absent; previous kept until then)."""
-    target = Path(run_dir) / CHECKPOINT
-    parts = dict(learner)
-    strategies = parts.pop("strategies", [])
-    optimizer = parts.pop("optimizer", None)
-    with atomic_folder(target) as tmp:
-        weights = {k: v for k, v in model_state.items() if isinstance(v, torch.Tensor)}
-        if len(weights) != len(model_state):
-            raise CheckpointError("cannot checkpoint the model: its state_dict holds non-tensors")
-        _save_tensors(
-            tmp / "model.safetensors",
-            {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()},
-        )
-        write_tree(tmp, "strategies", strategies)
-        write_tree(tmp, "optimizer", optimizer)
-        write_tree(tmp, "learner", parts)
-        write_tree(tmp, "experiment", experiment)
-        write_manifest(tmp)
-    return target
+    return write_snapshot(snapshot_checkpoint(run_dir, model_state, learner, experiment))
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, one at a time and in order.
+
+    Most of a checkpoint's cost is waiting for the disk (every file is fsynced, then the folder
+    renamed into place); the run trains on meanwhile. :meth:`submit` first waits for the write
+    before (a checkpoint never overtakes the previous one); :meth:`wait` returns once the last
+    one is on disk and raises the error of a write that failed (an ``OutputError``: disk full,
+    folder not writable). The experiment waits before it returns, before it reports a
+    checkpoint after Ctrl-C or a NaN loss, and before the next checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, snapshot: CheckpointSnapshot) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(snapshot,), name="forgetless-checkpoint")
+        self._thread.start()
+
+    def _write(self, snapshot: CheckpointSnapshot) -> None:
+        try:
+            write_snapshot(snapshot)
+        except BaseException as error:  # raised in the run's thread by wait()
+            self._error = error
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Block until the last submitted checkpoint is written; raise its error (unless
+        ``raise_error`` is false: another error is already on its way out)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise error
 
 
 def _digest(path: Path) -> str:

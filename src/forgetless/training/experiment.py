@@ -29,6 +29,7 @@ from forgetless.models import build_model
 from forgetless.models.resnet import DEFAULT_WIDTH
 from forgetless.strategies import make_strategies
 from forgetless.training import checkpoint as ckpt
+from forgetless.training import distributed
 from forgetless.training.learner import Learner, Progress, RunResult
 from forgetless.training.schedules import schedule_strategies
 
@@ -235,6 +236,7 @@ def validate(config: RunConfig) -> RunConfig:
     and optional package, before anything is trained or written."""
     config = resolve(config)
     check_device(config.device)
+    distributed.check_config(config)  # under torchrun: a batch the world size divides, ...
     for combination in config.strategies:
         make_strategies(combination, config.params, {"buffer_size": config.buffer_size}, config.scenario)
     return config
@@ -258,6 +260,7 @@ def run_experiment(
     config = validate(config)
     if config.threads:
         torch.set_num_threads(config.threads)
+    distributed.setup(config.device)  # under torchrun: join its process group (training.distributed)
     saved, finished = _resume_point(config, run_dir) if (run_dir and resume) else (None, {})
     result = ExperimentResult(config)
     if finished:  # where the finished runs' data came from, kept even if this resume fails
@@ -265,6 +268,29 @@ def run_experiment(
         result.data_sources += [s for s in recorded or [] if isinstance(s, str)]
     records: list[dict] = []
     """Exact records of the runs finished so far (every checkpoint carries them)."""
+    writer = ckpt.CheckpointWriter()
+    """Checkpoints are written while the run trains on; all are on disk when this returns."""
+    try:
+        _run_all(config, result, saved, finished, records, writer, progress, on_run_done, run_dir)
+    except BaseException:
+        writer.wait(raise_error=False)  # the write in flight completes; the error on its way out says more
+        raise
+    writer.wait()
+    return result
+
+
+def _run_all(
+    config: RunConfig,
+    result: ExperimentResult,
+    saved: ckpt.Checkpoint | None,
+    finished: dict[tuple[str, int], RunResult],
+    records: list[dict],
+    writer: ckpt.CheckpointWriter,
+    progress: Callable[[str, int], Progress] | None,
+    on_run_done: RunDone | None,
+    run_dir: Path | None,
+) -> None:
+    """:func:`run_experiment`'s loop over seeds and combinations (``result`` fills up)."""
     for offset in range(config.seeds):
         seed = config.seed + offset
         scenario: Scenario | None = None
@@ -281,14 +307,13 @@ def run_experiment(
                 if saved is not None and saved.run == key:
                     learner.load_checkpoint(saved.learner)
                 if run_dir is not None:
-                    learner.on_checkpoint = _checkpoint_writer(run_dir, config, key, records)
+                    learner.on_checkpoint = _checkpoint_writer(run_dir, config, key, records, writer)
                 callback = progress(combination, seed) if progress is not None else None
-                run = _train(learner, callback, run_dir)
+                run = _train(learner, callback, run_dir, writer)
             records.append(run.state_dict())
             result.runs.setdefault(combination, []).append(run)
             if on_run_done is not None:
                 on_run_done(result)
-    return result
 
 
 def _resume_point(config: RunConfig, run_dir: Path) -> tuple[ckpt.Checkpoint | None, dict[tuple[str, int], RunResult]]:
@@ -352,34 +377,49 @@ def _check_folder_config(config: RunConfig, run_dir: Path) -> None:
 
 
 def _checkpoint_writer(
-    run_dir: Path, config: RunConfig, key: tuple[str, int], records: list[dict]
+    run_dir: Path, config: RunConfig, key: tuple[str, int], records: list[dict], writer: ckpt.CheckpointWriter
 ) -> Callable[[dict], None]:
+    """The learner's ``on_checkpoint``: the state is copied at once, then written by ``writer``.
+
+    A checkpoint between tasks is written while the next task trains (a SIGKILL in that task's
+    first moments finds the checkpoint before it: the resume is as exact, one task earlier); one
+    inside a task (``checkpoint_every``, Ctrl-C) is on disk before the next step is taken.
+    """
     config_values = config.model_dump(mode="json")
 
     def write(state: dict) -> None:
+        if not distributed.current().is_main:  # data-parallel: rank 0 writes, the state is replicated
+            return
         experiment = {
             "run": {"strategy": key[0], "seed": key[1]},
             "completed": list(records),
             "config": config_values,
         }
-        ckpt.save_checkpoint(run_dir, state.pop("model"), state, experiment)
+        in_task = bool(state.get("loop", {}).get("in_task"))
+        writer.submit(ckpt.snapshot_checkpoint(run_dir, state.pop("model"), state, experiment))
+        if in_task:
+            writer.wait()
 
     return write
 
 
-def _train(learner: Learner, callback: Progress | None, run_dir: Path | None) -> RunResult:
+def _train(
+    learner: Learner, callback: Progress | None, run_dir: Path | None, writer: ckpt.CheckpointWriter
+) -> RunResult:
     """``learner.run`` with Ctrl-C turned into a checkpoint and NaN losses into kept results."""
     try:
         with _checkpoint_on_interrupt(learner, enabled=run_dir is not None):
             return learner.run(callback)
     except ckpt.RunInterrupted as error:
+        writer.wait()  # the Ctrl-C checkpoint is on disk before the message says so
         raise ckpt.RunInterrupted(
             f"{error} (seed {learner.seed}): checkpoint saved in {run_dir}; "
             f"continue with `forgetless run --resume {run_dir}`"
         ) from None
     except NumericalError as error:
-        if run_dir is None:
+        if run_dir is None or not distributed.current().is_main:
             raise
+        writer.wait(raise_error=False)  # a failed write leaves the previous checkpoint, reported below
         kept = []
         if (Path(run_dir) / "metrics.json").is_file():
             kept.append(f"finished runs are in {Path(run_dir) / 'metrics.json'}")

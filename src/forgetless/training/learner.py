@@ -25,6 +25,7 @@ from torch import nn
 from forgetless.config import RunConfig
 from forgetless.data.scenarios import Scenario
 from forgetless.errors import ConfigError
+from forgetless.models.flat import flatten_parameters, wants_flat_parameters
 from forgetless.models.heads import outputs_seen, set_active_outputs
 from forgetless.strategies.base import (
     Batch,
@@ -36,6 +37,7 @@ from forgetless.strategies.base import (
     TrainingSet,
 )
 from forgetless.training import checkpoint as ckpt
+from forgetless.training import distributed
 from forgetless.training.augment import training_augmentation
 from forgetless.training.compiled import prepare_training
 from forgetless.training.evaluation import accuracy_rows
@@ -91,6 +93,11 @@ class Learner:
         self.ctx.model, self._forward = prepare_training(
             self.model, config.channels_last, config.compile, config.device
         )
+        use_flat = wants_flat_parameters(
+            config.flat_parameters, strategies, scenario.uses_task_id, config.channels_last
+        )
+        self.flat = flatten_parameters(self.model) if use_flat else None
+        """--flat-parameters: the trainable parameters as views of one buffer (:mod:`forgetless.models.flat`)."""
         self.hooks = {h: [s for s in strategies if type(s).overrides(h)] for h in _HOOKS}
         if len(self.hooks["criterion"]) > 1:
             names = " and ".join(s.name for s in self.hooks["criterion"])
@@ -111,6 +118,11 @@ class Learner:
         self.precision = Precision(config.precision, self.device)
         self._resume: ckpt.ResumePoint | None = None
         self._restored = False
+        self.dist = distributed.current()
+        """Under torchrun, this rank's process group (:mod:`~forgetless.training.distributed`)."""
+        self.dist.check_model(self.model)
+        self._interrupt_pending = False
+        """Data-parallel: a Ctrl-C seen here, not yet agreed by every rank (the next all-reduce)."""
 
     @property
     def model(self) -> nn.Module:
@@ -145,7 +157,11 @@ class Learner:
         return self.result
 
     def request_interrupt(self) -> None:
-        """Ask for a checkpoint after the current step, then :class:`RunInterrupted` (Ctrl-C)."""
+        """Ask for a checkpoint after the current step, then :class:`RunInterrupted` (Ctrl-C);
+        data-parallel, after the step at which every rank has learnt of it (its all-reduce)."""
+        if self.dist.world_size > 1:
+            self._interrupt_pending = True
+            return
         self.events.interrupt()
 
     def train_task(self, task_index: int, progress: Progress | None = None) -> None:
@@ -176,6 +192,7 @@ class Learner:
         self.nonfinite.check()
         for strategy in self.strategies:
             strategy.after_task(ctx)
+        self.dist.check_in_sync(self.model, f"after task {task_index}")
         self.result.train_seconds.append(time.perf_counter() - started)
         self.result.steps.append(ctx.step)
         self._record_row()
@@ -264,15 +281,18 @@ class Learner:
             if extra is not None and len(extra):
                 batch = batch.concat(extra)
         with self.precision.autocast():
-            output = ModelOutput(*self._forward(model, batch.x, batch.task_ids))
+            output = ModelOutput(*self.dist.forward(self._forward, model, batch.x, batch.task_ids))
             loss = self._base_loss(batch, output)
             for strategy in hooks["loss"]:
                 term = strategy.loss(ctx, batch, output)
                 if term is not None:
                     loss = loss + term
         self.nonfinite.watch(loss.detach(), ctx.step)
-        optimizer.zero_grad(set_to_none=True)
-        self.precision.backward(loss, optimizer)
+        if self.flat is None:
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            self.flat.zero_grad(optimizer)  # .grad = views of flat.grad, zeroed
+        self.precision.backward(loss, optimizer, self._all_reduce if self.dist.world_size > 1 else None)
         if hooks["project_gradient"]:
             self._project(batch)
         for strategy in hooks["before_step"]:
@@ -286,6 +306,12 @@ class Learner:
             stop = bool(strategy.after_step(ctx, batch, output)) or stop
         return stop
 
+    def _all_reduce(self) -> None:
+        """Data-parallel: average the gradient over the ranks (before fp16 unscaling, so every rank
+        sees the same overflow); a Ctrl-C on any rank becomes every rank's at this step."""
+        if self.dist.reduce_gradients(self.model, self._interrupt_pending) and not self.events.interrupted:
+            self.events.interrupt()
+
     def _base_loss(self, batch: Batch, output: ModelOutput) -> torch.Tensor:
         """The first ``criterion`` hook's loss, else cross-entropy over the whole batch."""
         for strategy in self.hooks["criterion"]:
@@ -295,12 +321,18 @@ class Learner:
         return F.cross_entropy(output.logits, batch.y)
 
     def _project(self, batch: Batch) -> None:
-        """Flatten the gradient, let each strategy edit it in turn, write it back."""
-        layout = ParameterLayout([p for p in self.model.parameters() if p.grad is not None])
-        flat = layout.flatten([p.grad for p in layout.params])
+        """Let each strategy edit the step's flat gradient in turn, then write it back (flat
+        parameters: the gradient buffer is that vector already, nothing is gathered)."""
+        direct = self.flat is not None and self.flat.serves_gradient(self.model)
+        params = self.flat.params if direct else [p for p in self.model.parameters() if p.grad is not None]
+        layout = ParameterLayout(params)
+        vector = flat = self.flat.grad if direct else layout.flatten([p.grad for p in params])
         for strategy in self.hooks["project_gradient"]:
             edited = strategy.project_gradient(self.ctx, batch, FlatGradient(flat, layout))
             if edited is not None:
                 flat = edited
-        for param, part in zip(layout.params, layout.split(flat), strict=True):
-            param.grad.copy_(part)
+        if direct and flat is not vector:
+            vector.copy_(flat)
+        elif not direct:
+            for param, part in zip(params, layout.split(flat), strict=True):
+                param.grad.copy_(part)

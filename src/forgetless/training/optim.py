@@ -12,6 +12,7 @@ module path (below).
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from typing import Any
@@ -127,7 +128,7 @@ def build_optimizer(model: nn.Module, config: RunConfig, groups: ParamGroups | N
         if rest:
             params.append({"params": rest, "lr": config.lr, "level": -1})
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -135,9 +136,68 @@ def adam(params: Any, **options: Any) -> torch.optim.Adam:
     """Adam with the fused kernel where this torch has it (one kernel for all parameters
     instead of a Python loop over them: ~16% off a whole naive run on CPU); else the default."""
     try:
-        return torch.optim.Adam(params, fused=True, **options)
+        return Adam(params, fused=True, **options)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, **options)
+        return Adam(params, **options)
+
+
+def _unwrapped(method: Any) -> Any:
+    """The function under torch's ``functools.wraps`` decorators (dynamo guards, profiling hooks)."""
+    return inspect.unwrap(method)
+
+
+_ZERO_GRAD = _unwrapped(torch.optim.Optimizer.zero_grad)
+_ADD_PARAM_GROUP = _unwrapped(torch.optim.Optimizer.add_param_group)
+_STATE_DICT = _unwrapped(torch.optim.Optimizer.state_dict)
+_LOAD_STATE_DICT = _unwrapped(torch.optim.Optimizer.load_state_dict)
+
+
+class _EagerMethods:
+    """An optimizer's own methods without torch's ``torch._dynamo`` wrappers.
+
+    torch wraps ``step`` (graph breaks around it), ``zero_grad``, ``add_param_group``,
+    ``state_dict`` and ``load_state_dict`` so that ``torch.compile`` does not trace into them.
+    The wrappers import ``torch._dynamo`` on their first call (sympy and the FX stack: about
+    as long as ``import torch`` itself, paid inside the first task's training) and pass every
+    call through dynamo's frame guard. Outside a compiled region they do nothing else, and the
+    learner never runs its optimizer inside one (``--compile`` compiles the training forward
+    only, :mod:`forgetless.training.compiled`), so these call the wrapped functions directly:
+    the same arithmetic, bit for bit. ``step`` keeps the wrapper's one other effect, autograd
+    off unless the optimizer is ``differentiable``; torch's step hooks still run (the class's
+    ``step`` is hooked by ``Optimizer.__init__`` as any optimizer's is).
+    """
+
+    _raw_step: Any
+
+    def step(self, closure: Any = None) -> Any:
+        with torch.set_grad_enabled(self.defaults["differentiable"]):  # type: ignore[attr-defined]
+            return self._raw_step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        _ZERO_GRAD(self, set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        _ADD_PARAM_GROUP(self, param_group)
+
+    def state_dict(self) -> dict[str, Any]:
+        return _STATE_DICT(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _LOAD_STATE_DICT(self, state_dict)
+
+
+class Adam(_EagerMethods, torch.optim.Adam):
+    """``torch.optim.Adam`` (Kingma & Ba 2015, Algorithm 1) without the dynamo wrappers
+    (:class:`_EagerMethods`); the class keeps torch's name, which checkpoints record."""
+
+    _raw_step = _unwrapped(torch.optim.Adam.step)
+
+
+class SGD(_EagerMethods, torch.optim.SGD):
+    """``torch.optim.SGD`` (with momentum, as torch defines it) without the dynamo wrappers
+    (:class:`_EagerMethods`)."""
+
+    _raw_step = _unwrapped(torch.optim.SGD.step)
 
 
 def warmup_factor(step: int, warmup: int, total_steps: int, schedule: str) -> float:

@@ -12,7 +12,7 @@ The scaler's state is part of every checkpoint, so a resume is exact.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -38,12 +38,19 @@ class Precision:
         with torch.autocast(self.device_type, dtype=self.dtype):
             yield
 
-    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """``loss.backward()`` (scaled under fp16), then the gradients unscaled in place."""
+    def backward(
+        self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, reduce: Callable[[], None] | None = None
+    ) -> None:
+        """``loss.backward()`` (scaled under fp16), ``reduce()`` (the data-parallel all-reduce of
+        the still scaled gradients), then the gradients unscaled in place."""
         if self.scaler is None:
             loss.backward()
+            if reduce is not None:
+                reduce()
             return
         self.scaler.scale(loss).backward()
+        if reduce is not None:
+            reduce()
         self.scaler.unscale_(optimizer)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
