@@ -270,3 +270,58 @@ def test_two_task_run_is_identical_with_and_without(names):
     assert list(flat_state) == list(plain_state)
     for key, value in plain_state.items():  # the trained weights agree to float rounding
         torch.testing.assert_close(flat_state[key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("names", ["ewc", "l2sp", "agem"])
+def test_gradual_unfreezing_run_is_identical_with_and_without(names):
+    """--unfreeze-every freezes trained parameters after they were flattened (before each task):
+    a frozen parameter takes no optimizer step and no penalty gradient, as without flattening
+    (found by the session probe: the default-on flat run crashed, weight decay moved frozen weights)."""
+    from forgetless.training.schedules import schedule_strategies
+
+    runs = {}
+    for flat in (False, True):
+        config = make_config(
+            benchmark="split-digits", scenario="class", tasks=2, epochs=1, hidden=[16], batch_size=32,
+            flat_parameters=flat, unfreeze_every=7, weight_decay=0.01,
+        )  # fmt: skip
+        scenario = build_scenario("split-digits", "class", 2, seed=0)
+        torch.manual_seed(0)
+        model = build_model("mlp", scenario.input_shape, scenario.head_sizes, False, [16])
+        learner = Learner(scenario, model, make_strategies(names) + schedule_strategies(config), config, seed=0)
+        assert (learner.flat is not None) == flat
+        runs[flat] = (learner.run().matrix, learner.model.state_dict())
+    np.testing.assert_array_equal(runs[True][0], runs[False][0])
+    for key, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_parameter_frozen_after_flattening_gets_no_gradient():
+    model = _mlp()
+    flat = flatten_parameters(model)
+    model[0].bias.requires_grad_(False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5)
+    before = model[0].bias.detach().clone()
+    for _ in range(2):
+        flat.zero_grad(optimizer)
+        loss = F.cross_entropy(model(torch.randn(8, 12)), torch.arange(8) % 4)
+        (loss + _terms(model).penalty(model)).backward()
+        optimizer.step()
+    assert model[0].bias.grad is None
+    assert torch.equal(model[0].bias, before)
+    assert not flat.serves_gradient(model)
+
+
+def test_explicit_flat_parameters_in_task_il_with_a_projection_is_refused_in_one_line() -> None:
+    """Found by the session's probe: A-GEM over the flat gradient also moved the other tasks' heads."""
+    from forgetless.training.experiment import build_learner, load_scenario, resolve
+
+    config = resolve(
+        make_config(benchmark="split-digits", scenario="task", tasks=2, strategies=["agem"], flat_parameters=True)
+    )
+    with pytest.raises(ConfigError, match="--flat-parameters in task-IL with agem"):
+        build_learner(config, load_scenario(config, 0), "agem", 0)
+    plain = resolve(
+        make_config(benchmark="split-digits", scenario="task", tasks=2, strategies=["ewc"], flat_parameters=True)
+    )
+    assert build_learner(plain, load_scenario(plain, 0), "ewc", 0).flat is not None  # a penalty is fine

@@ -283,3 +283,24 @@ def test_bad_sequences_are_one_line_with_exit_code_2(
     assert code == 2 and "--resume of a multi-task fine-tune is not supported yet" in one_error_line(err)
     with pytest.raises(ConfigError, match="o-lora keeps later tasks"):  # a single fine-tune has no earlier task
         run_finetune(small_run(tiny_lm_dir, peft="lora", strategies=["o-lora"]))
+
+
+def test_ctrl_c_in_a_sequence_is_one_line_naming_the_kept_rows(
+    tiny_lm_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Exit 130 and one line that says "interrupted:" once (the session probe saw it twice)."""
+    from forgetless.integrations.hf import sequence
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sequence, "run_sequence", interrupted)
+    code_txt = str(tiny_lm_dir.parent / "code.txt")
+    argv = ["finetune", "--model", str(tiny_lm_dir), "--task", code_txt, "--task", "builtin:python-prose"]
+    code, _, err = run_cli([*argv, "--steps", "2", "--quiet", "--out", str(tmp_path / "o")], capsys)
+    line = one_error_line(err)
+    assert code == 130 and line.startswith("interrupted: ") and line.count("interrupted") == 1, line
+    assert f"{tmp_path / 'o'}/metrics.json" in line and "not supported yet" in line

@@ -123,6 +123,23 @@ def test_icarl_refuses_what_it_cannot_run() -> None:
         validate(make_config(benchmark="split-digits", scenario="task", strategies=["icarl"]))
 
 
+def test_a_budget_below_one_exemplar_per_class_is_refused_in_one_line() -> None:
+    """K < classes makes m = K // classes 0: no exemplar, no class mean (found by the session
+    probe: an internal error after the first task); refused before training, at K = classes it runs."""
+    values = dict(benchmark="split-digits", tasks=2, epochs=1, hidden=[16], batch_size=64, threads=1)
+    config = resolve(make_config(**values, strategies=["icarl"], buffer_size=9))
+    scenario = load_scenario(config, 0)
+    classes = scenario.active_outputs[-1]
+    assert classes == 10
+    with pytest.raises(ConfigError, match=r"--buffer-size 9 .*10 classes"):
+        build_learner(config, scenario, "icarl", 0)
+    config = resolve(make_config(**values, strategies=["icarl"], buffer_size=classes))
+    learner = build_learner(config, scenario, "icarl", 0)
+    learner.run()
+    assert torch.bincount(learner.strategies[0].exemplar_y).tolist() == [1] * classes
+    assert bool(learner.model.head.has_mean.all())
+
+
 @pytest.mark.slow
 def test_icarl_forgets_less_than_naive_on_split_fashion_mnist() -> None:
     """Measured (seed 0, Adam 1e-3, 1 epoch, K = 500): naive 0.199, iCaRL 0.654 with the nearest-mean

@@ -445,8 +445,7 @@ def _finetune_sequence(cfg: Any, out: Path, save_model: bool, quiet: bool, force
             )
     except KeyboardInterrupt:
         raise Interrupted(
-            f"interrupted: the rows of the finished tasks are in {out}/metrics.json ({RESUME_REFUSED}; "
-            "start again with --force)"
+            f"the rows of the finished tasks are in {out}/metrics.json ({RESUME_REFUSED}; start again with --force)"
         ) from None
     if save_model:  # after the report: a failing save loses no figure
         save_finetuned(summary, out / "model", merge=merge)

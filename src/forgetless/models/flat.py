@@ -13,8 +13,10 @@ What stays as it was: the parameter objects (an optimizer built before or after 
 ``model.state_dict()`` (same keys, same values: its tensors are the views), checkpoints and
 safetensors files (the views do not overlap), loading a state dict (it copies in place, into the
 views). Not flattened: parameters with ``requires_grad=False`` (frozen; one unfrozen later keeps
-its own storage and its own ``.grad``, and :meth:`FlatParameters.covers` turns false). Tied
-weights (one parameter under two names) take one slot; every name maps to it.
+its own storage and its own ``.grad``, and :meth:`FlatParameters.covers` turns false; one frozen
+after flattening gets ``.grad = None``, so it takes no optimizer step, and
+:meth:`FlatParameters.grads_attached` turns false until it is unfrozen). Tied weights (one
+parameter under two names) take one slot; every name maps to it.
 
 Anything that replaces a parameter's ``.data`` afterwards (``model.to(other_device)``,
 ``model.half()``, ``torch.nn.utils.parametrize``) silently breaks the views;
@@ -78,15 +80,19 @@ class FlatParameters:
         return all(p.data_ptr() == ptr for p, ptr in zip(self.params, self._pointers, strict=True))
 
     def grads_attached(self) -> bool:
-        """Every parameter's ``.grad`` is its view of :attr:`grad` (as :meth:`zero_grad` left it)."""
+        """Every parameter's ``.grad`` is its view of :attr:`grad` (as :meth:`zero_grad` left it;
+        false while a flattened parameter is frozen: its ``.grad`` is ``None``)."""
         return all(p.grad is view for p, view in zip(self.params, self._grad_views, strict=True))
 
     def zero_grad(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Zero :attr:`grad` and point every flattened parameter's ``.grad`` at its view; the
-        optimizer's other parameters (unfrozen after flattening) get ``.grad = None``."""
+        """Zero :attr:`grad` and point every flattened parameter that requires a gradient at its
+        view; a flattened parameter frozen since, and the optimizer's other parameters (unfrozen
+        after flattening), get ``.grad = None`` (no optimizer step, no weight decay)."""
         self.grad.zero_()
         for param, view in zip(self.params, self._grad_views, strict=True):
-            if param.grad is not view:
+            if not param.requires_grad:
+                param.grad = None
+            elif param.grad is not view:
                 param.grad = view
         if optimizer is not None:
             for group in optimizer.param_groups:
@@ -173,8 +179,15 @@ def wants_flat_parameters(setting: bool | None, strategies: Iterable[Any], task_
     run is neither task-IL (in flat mode every flattened parameter takes an optimizer step,
     one whose head the batch does not reach included: with weight decay that moves it) nor
     ``channels_last`` (the buffer is in the standard layout)."""
+    strategies = list(strategies)
     if setting is not None:
         if setting and channels_last:
             raise ConfigError("--flat-parameters and --channels-last exclude each other: choose one")
+        projecting = [s.name for s in strategies if type(s).overrides("project_gradient")]
+        if setting and task_il and projecting:
+            raise ConfigError(
+                f"--flat-parameters in task-IL with {projecting[0]}: the flat gradient holds every head (zeros "
+                f"where the batch does not reach), so the projection would move other tasks' heads; drop the flag"
+            )
         return setting
     return not task_il and not channels_last and any(getattr(s, "uses_flat_parameters", False) for s in strategies)

@@ -104,7 +104,24 @@ def make_strategies(
     if unknown:
         bad = sorted(unknown)[0]
         raise unknown_name("strategy in params", bad, list(STRATEGIES))
+    if stack == "run":
+        _check_families(out, combination)
     return out
+
+
+def _check_families(strategies: list[Strategy], combination: str) -> None:
+    """In a continual-learning run, a parameter-isolation method (PackNet, Supermask, progressive
+    columns, adapters, LoRA) masks, replaces or grows the parameters a per-parameter regularizer
+    anchors and weighs, so the two are not combined (several such pairs failed mid-run, in
+    either order)."""
+    isolation = [s.name for s in strategies if s.family == "isolation"]
+    regularizers = [s.name for s in strategies if s.family == "regularization"]
+    if isolation and regularizers:
+        raise ConfigError(
+            f"strategy {combination!r} combines {regularizers[0]} with {isolation[0]}: {isolation[0]} isolates the "
+            f"parameters {regularizers[0]} anchors (it already keeps each task's weights); run them as separate "
+            f"strategies, e.g. --strategies {regularizers[0]},{isolation[0]}"
+        )
 
 
 __all__ = [

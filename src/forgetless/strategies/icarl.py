@@ -122,6 +122,12 @@ class ICaRL(Strategy):
                 f"icarl needs a model with a separate backbone and head (its nearest-mean classifier reads "
                 f"the features), not {type(model).__name__}: use a built-in --model or pass a backbone"
             )
+        classes = ctx.scenario.active_outputs[-1] if ctx.scenario.active_outputs else ctx.scenario.head_sizes[0]
+        if self.params.buffer_size < classes:
+            raise ConfigError(
+                f"icarl keeps m = K // classes seen exemplars of every class: --buffer-size {self.params.buffer_size} "
+                f"is fewer than the {classes} classes of this run (m would be 0): give --buffer-size {classes} or more"
+            )
         if self.params.classifier == "nme":
             width = model.head.linear.in_features  # class-IL: one IncrementalHead
             model.head = NearestMeanHead(model.head, ctx.scenario.head_sizes[0], width).to(ctx.device)

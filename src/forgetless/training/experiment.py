@@ -92,9 +92,17 @@ def run_model(config: RunConfig, scenario: Scenario) -> nn.Module:
 
 
 def _model_parameters(config: RunConfig, scenario: Scenario) -> int:
-    """Parameter count of the run's network, built on the meta device (shapes only, no memory)."""
-    with torch.device("meta"):
-        model = run_model(config, scenario)
+    """Parameter count of the run's network, built on the meta device (shapes only, no memory);
+    a user's factory that reads a tensor's value (meta tensors have none) is built on the CPU,
+    the global RNG state kept as it was."""
+    try:
+        with torch.device("meta"):
+            model = run_model(config, scenario)
+    except ConfigError:
+        if not config.model or ":" not in config.model or config.model.startswith("hf:"):
+            raise
+        with torch.random.fork_rng(devices=[]):
+            model = run_model(config, scenario)  # a factory that fails here too raises its own line
     return sum(p.numel() for p in model.parameters())
 
 
