@@ -272,6 +272,10 @@ def test_bad_sequences_are_one_line_with_exit_code_2(
         (["--task", code_txt, "--lora-per-task"], "two or more --task"),
         (["--task", code_txt, "--task", "builtin:python-prose", "--lora-per-task"], "--peft lora"),
         (["--task", code_txt, "--task", "builtin:python-prose", "--strategies", "o-lora"], "--lora-per-task"),
+        (
+            ["--task", code_txt, "--task", "builtin:python-prose", "--peft", "lora", "--lora-per-task", "--ewc", "10"],
+            "the penalty never acts",
+        ),
     ]
     for i, (argv, message) in enumerate(cases):
         code, _, err = run_cli([*common, *argv, "--out", str(tmp_path / f"o{i}")], capsys)

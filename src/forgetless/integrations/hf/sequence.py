@@ -215,6 +215,17 @@ def _check_options(cfg: SequenceConfig, objective: str) -> None:
             "--lora-per-task: a classifier head is one peft module per adapter, so only one task's would "
             "act; use a shared --peft lora for a classification sequence"
         )
+    from forgetless.strategies import STRATEGIES, discover
+    from forgetless.strategies._penalty import PenaltyStrategy
+
+    discover()
+    anchored = [n for n in names if n in STRATEGIES and issubclass(STRATEGIES[n], PenaltyStrategy)]
+    if cfg.lora_per_task and anchored:
+        raise ConfigError(
+            f"--lora-per-task with {anchored[0]}: each task trains a new adapter and freezes the earlier ones, so "
+            f"{anchored[0]}'s anchors sit on frozen weights and the penalty never acts; use o-lora or replay, "
+            "or a shared --peft lora"
+        )
     if "o-lora" in names and not cfg.lora_per_task:
         raise ConfigError(
             "o-lora keeps each task's LoRA orthogonal to the earlier tasks' adapters: add --peft lora --lora-per-task"
